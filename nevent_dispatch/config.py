@@ -1,0 +1,238 @@
+"""Configuration: one frozen dataclass per TOML table, loaded once.
+
+Owns the defaults (they live here and nowhere else), the TOML parsing and the
+validation of every key. Errors name the dotted key and say what is wrong in
+one line (``delivery.timeout: must be > 0, got 0``). It must not open
+databases or sockets: the values it checks are values, not resources.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+#: Environment variable naming the config file when ``--config`` is absent.
+CONFIG_ENV = "NEVENT_DISPATCH_CONFIG"
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseConfig:
+    #: The application's database file holding the outbox table.
+    outbox: Path = Path("var/nevent.db")
+    #: The daemon's own database (webhooks, deliveries, attempts, cursor); may equal outbox.
+    state: Path = Path("var/dispatch.db")
+    #: Seconds a statement waits for another writer's lock before failing.
+    busy_timeout: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxConfig:
+    #: Seconds between two checks for new outbox rows (PRAGMA data_version).
+    poll_interval: float = 0.02
+    #: Outbox rows read per page; memory stays bounded by this and the lanes.
+    page_size: int = 500
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryConfig:
+    #: Seconds allowed for a whole attempt (connect, send, response).
+    timeout: float = 10.0
+    #: Seconds to wait before each retry; its length is the number of retries.
+    retry_schedule: tuple[float, ...] = (60.0, 300.0, 1800.0, 7200.0, 21600.0)
+    #: Largest envelope (or batch body) accepted, in bytes.
+    max_payload_bytes: int = 1_048_576
+    #: Accept http:// webhook URLs (local development only).
+    allow_http: bool = False
+    #: Accept destinations resolving to loopback, private, link-local or multicast addresses.
+    allow_private_networks: bool = False
+    #: Extra PEM bundle of trusted CAs, in addition to the system store.
+    ca_file: Path | None = None
+    #: Local address outgoing connections bind to (for customers' IP allow-lists).
+    source_address: str | None = None
+    #: Attempts in flight at once, all webhooks together.
+    max_in_flight: int = 256
+    #: Attempts in flight at once to one webhook.
+    max_in_flight_per_webhook: int = 16
+    #: Bytes of each response body kept in the history.
+    response_snippet_bytes: int = 1024
+    #: Seconds SIGTERM waits for in-flight attempts before cancelling them.
+    shutdown_grace: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class BatchConfig:
+    #: Most events in one batch request.
+    max_events: int = 100
+    #: Seconds a partial batch waits for more events before it is sent.
+    max_wait: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitConfig:
+    #: Default per-webhook limit, events per minute (a batch counts each event).
+    events_per_minute: int = 1000
+    #: Bucket capacity: events a quiet webhook may receive at once before the rate applies.
+    burst: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class EventsConfig:
+    #: Event types beyond the 17 documented ones that webhooks may subscribe to by name.
+    extra_types: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    #: "json" (one JSON object per line, for journald) or "console" (for people).
+    format: str = "json"
+    #: debug, info, warning or error.
+    level: str = "info"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    outbox: OutboxConfig = field(default_factory=OutboxConfig)
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    batch: BatchConfig = field(default_factory=BatchConfig)
+    rate_limit: RateLimitConfig = field(default_factory=RateLimitConfig)
+    events: EventsConfig = field(default_factory=EventsConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def replace(self, **tables: Any) -> Config:
+        """A copy with whole tables or single keys swapped: ``replace(delivery={"timeout": 1})``."""
+        changes = {}
+        for name, value in tables.items():
+            current = getattr(self, name)
+            changes[name] = dataclasses.replace(current, **value) if isinstance(value, dict) else value
+        return dataclasses.replace(self, **changes)
+
+
+_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _check(key: str, ok: bool, why: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {why}, got {value!r}")
+
+
+def _coerce(key: str, value: Any, default: Any, hint: str) -> Any:
+    """Turn one TOML value into the type of the dataclass field, or say why not."""
+    if "Path" in hint:
+        _check(key, isinstance(value, str), "must be a string path", value)
+        if "None" in hint and value == "":
+            return None
+        _check(key, value != "", "must not be empty", value)
+        return Path(value)
+    if hint.startswith("tuple[float"):
+        _check(key, isinstance(value, list), "must be a list of seconds", value)
+        for item in value:
+            _check(key, isinstance(item, int | float) and not isinstance(item, bool),
+                   "must be a list of numbers", value)
+        return tuple(float(v) for v in value)
+    if hint.startswith("tuple[str"):
+        _check(key, isinstance(value, list) and all(isinstance(v, str) for v in value),
+               "must be a list of strings", value)
+        return tuple(value)
+    if hint.startswith("str"):
+        _check(key, isinstance(value, str), "must be a string", value)
+        return None if ("None" in hint and value == "") else value
+    if hint == "bool":
+        _check(key, isinstance(value, bool), "must be true or false", value)
+        return value
+    if hint == "int":
+        _check(key, isinstance(value, int) and not isinstance(value, bool), "must be an integer", value)
+        return value
+    if hint == "float":
+        _check(key, isinstance(value, int | float) and not isinstance(value, bool), "must be a number", value)
+        return float(value)
+    raise AssertionError(f"no coercion for {key} ({hint})")  # pragma: no cover - a bug
+
+
+def from_dict(raw: dict[str, Any]) -> Config:
+    """Build a validated Config from parsed TOML; unknown tables or keys are errors."""
+    tables: dict[str, Any] = {}
+    known_tables = {f.name: f for f in dataclasses.fields(Config)}
+    for table, values in raw.items():
+        if table not in known_tables:
+            raise ConfigError(f"{table}: unknown table (known: {', '.join(known_tables)})")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{table}: must be a table, got {values!r}")
+        cls = known_tables[table].default_factory  # type: ignore[misc]
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        kwargs = {}
+        for key, value in values.items():
+            dotted = f"{table}.{key}"
+            if key not in fields:
+                raise ConfigError(f"{dotted}: unknown key (known: {', '.join(fields)})")
+            kwargs[key] = _coerce(dotted, value, fields[key].default, str(fields[key].type))
+        tables[table] = cls(**kwargs)
+    config = Config(**tables)
+    validate(config)
+    return config
+
+
+def validate(config: Config) -> None:
+    """Refuse impossible values, naming the key."""
+    d = config.delivery
+    _check("database.busy_timeout", config.database.busy_timeout >= 0, "must be >= 0",
+           config.database.busy_timeout)
+    _check("outbox.poll_interval", 0 < config.outbox.poll_interval <= 60, "must be > 0 and <= 60",
+           config.outbox.poll_interval)
+    _check("outbox.page_size", 1 <= config.outbox.page_size <= 100_000, "must be 1..100000",
+           config.outbox.page_size)
+    _check("delivery.timeout", d.timeout > 0, "must be > 0", d.timeout)
+    _check("delivery.retry_schedule", len(d.retry_schedule) <= 20, "must have at most 20 steps",
+           list(d.retry_schedule))
+    _check("delivery.retry_schedule", all(s >= 0 for s in d.retry_schedule),
+           "must not contain negative delays", list(d.retry_schedule))
+    _check("delivery.max_payload_bytes", 1024 <= d.max_payload_bytes <= 64 * 1024 * 1024,
+           "must be between 1024 and 67108864", d.max_payload_bytes)
+    _check("delivery.max_in_flight", d.max_in_flight >= 1, "must be >= 1", d.max_in_flight)
+    _check("delivery.max_in_flight_per_webhook", d.max_in_flight_per_webhook >= 1, "must be >= 1",
+           d.max_in_flight_per_webhook)
+    _check("delivery.response_snippet_bytes", 0 <= d.response_snippet_bytes <= 65536,
+           "must be 0..65536", d.response_snippet_bytes)
+    _check("delivery.shutdown_grace", d.shutdown_grace >= 0, "must be >= 0", d.shutdown_grace)
+    if d.ca_file is not None and not d.ca_file.is_file():
+        raise ConfigError(f"delivery.ca_file: no such file, got {str(d.ca_file)!r}")
+    _check("batch.max_events", 1 <= config.batch.max_events <= 1000, "must be 1..1000",
+           config.batch.max_events)
+    _check("batch.max_wait", 0 <= config.batch.max_wait <= 3600, "must be 0..3600",
+           config.batch.max_wait)
+    r = config.rate_limit
+    _check("rate_limit.events_per_minute", 1 <= r.events_per_minute <= 10_000_000,
+           "must be 1..10000000", r.events_per_minute)
+    _check("rate_limit.burst", r.burst >= 1, "must be >= 1", r.burst)
+    for name in config.events.extra_types:
+        _check("events.extra_types", bool(name.strip()) and name == name.strip() and "*" not in name,
+               "must hold non-empty type names without spaces or '*'", name)
+    _check("log.format", config.log.format in ("json", "console"), "must be 'json' or 'console'",
+           config.log.format)
+    _check("log.level", config.log.level in _LEVELS, f"must be one of {', '.join(_LEVELS)}",
+           config.log.level)
+
+
+def load(path: str | os.PathLike[str] | None = None) -> Config:
+    """Load ``path`` (or $NEVENT_DISPATCH_CONFIG); with neither, the embedded defaults."""
+    if path is None:
+        path = os.environ.get(CONFIG_ENV) or None
+    if path is None:
+        return Config()
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"config: cannot read {str(path)!r}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config: {str(path)!r} is not UTF-8 text") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config: {str(path)!r} is not valid TOML: {exc}") from None
+    return from_dict(raw)

@@ -1,0 +1,38 @@
+"""The application-side insert into the outbox.
+
+Owns ``publish()``: the one statement the application runs, on its own stdlib
+``sqlite3`` connection, inside its own transaction. It must not commit, open
+connections or know anything about webhooks.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from .errors import ValidationError
+from .sql import PUBLISH
+
+
+def publish(conn: sqlite3.Connection, type: str, organization_id: str,
+            data: Mapping[str, Any]) -> int:
+    """Insert one event into the outbox on ``conn`` without committing; return its outbox id.
+
+    The event becomes visible to the daemon when the caller's transaction commits,
+    and disappears with it on rollback.
+    """
+    if not isinstance(type, str) or not type.strip() or type != type.strip():
+        raise ValidationError(f"publish: type must be a non-empty name without surrounding spaces, got {type!r}")
+    if not isinstance(organization_id, str) or not organization_id.strip():
+        raise ValidationError(f"publish: organization_id must be a non-empty string, got {organization_id!r}")
+    if not isinstance(data, Mapping):
+        raise ValidationError(f"publish: data must be a JSON object (a mapping), got {data.__class__.__name__}")
+    try:
+        text = orjson.dumps(data).decode()
+    except TypeError as exc:
+        raise ValidationError(f"publish: data is not JSON-serializable: {exc}") from None
+    cur = conn.execute(PUBLISH, (type, organization_id, text))
+    return int(cur.lastrowid or 0)

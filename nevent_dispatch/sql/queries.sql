@@ -1,0 +1,150 @@
+-- Every statement nevent-dispatch runs, as named blocks.
+-- A block starts with "-- name: NAME" followed by "-- " lines that describe it.
+
+-- name: outbox_page
+-- The next page of outbox rows after the cursor, in id order.
+SELECT id, event_id, type, organization_id, data, created
+FROM outbox WHERE id > ? ORDER BY id LIMIT ?;
+
+-- name: outbox_max_id
+-- The newest outbox id (for the backlog figure in logs and status).
+SELECT coalesce(max(id), 0) FROM outbox;
+
+-- name: get_meta
+-- A counter: the outbox cursor or the webhooks revision.
+SELECT value FROM meta WHERE key = ?;
+
+-- name: set_cursor
+-- Advance the outbox cursor; only ever forward.
+UPDATE meta SET value = max(value, ?) WHERE key = 'cursor';
+
+-- name: insert_webhook
+-- Register a webhook (created inactive by the caller).
+INSERT INTO webhooks (id, organization_id, name, url, secret, events, filter, batch, retries,
+                      rate_limit, active, created_at, updated_at)
+VALUES (:id, :organization_id, :name, :url, :secret, :events, :filter, :batch, :retries,
+        :rate_limit, :active, :created_at, :updated_at);
+
+-- name: update_webhook
+-- Rewrite every field of a webhook but its id, organization and creation time.
+UPDATE webhooks SET name = :name, url = :url, secret = :secret, events = :events, filter = :filter,
+    batch = :batch, retries = :retries, rate_limit = :rate_limit, active = :active,
+    updated_at = :updated_at
+WHERE id = :id;
+
+-- name: delete_webhook
+-- Remove a webhook; its history stays.
+DELETE FROM webhooks WHERE id = ?;
+
+-- name: get_webhook
+-- One webhook by id.
+SELECT * FROM webhooks WHERE id = ?;
+
+-- name: list_webhooks
+-- All webhooks, oldest first.
+SELECT * FROM webhooks ORDER BY created_at, id;
+
+-- name: list_webhooks_of_org
+-- The webhooks of one organization, oldest first.
+SELECT * FROM webhooks WHERE organization_id = ? ORDER BY created_at, id;
+
+-- name: max_delivery_id
+-- The highest delivery id; ids of a new page are assigned after it under the write lock.
+SELECT coalesce(max(id), 0) FROM deliveries;
+
+-- name: insert_delivery
+-- A new delivery (event, batch, test or rejected record).
+INSERT INTO deliveries (id, uuid, webhook_id, kind, event_type, event_id, outbox_id, event_count,
+                        state, attempts, retry_base, next_at, created_at, updated_at,
+                        last_status, last_error, body)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?, ?, NULL, ?, ?);
+
+-- name: insert_batch_item
+-- An event waiting for a batch of a batch-mode webhook.
+INSERT INTO batch_items (webhook_id, outbox_id, event_id, event_type) VALUES (?, ?, ?, ?);
+
+-- name: assign_batch_items
+-- Put the events of a batch in it.
+UPDATE batch_items SET delivery_id = ? WHERE webhook_id = ? AND outbox_id = ?;
+
+-- name: unbatched_webhooks
+-- Webhooks that have events waiting for a batch (after a restart).
+SELECT DISTINCT webhook_id FROM batch_items WHERE delivery_id IS NULL;
+
+-- name: unbatched_items
+-- The oldest events waiting for a batch of one webhook.
+SELECT outbox_id, event_id, event_type FROM batch_items
+WHERE webhook_id = ? AND delivery_id IS NULL ORDER BY id LIMIT ?;
+
+-- name: batch_items_of
+-- The events a batch carries, in order.
+SELECT outbox_id, event_id, event_type FROM batch_items WHERE delivery_id = ? ORDER BY id;
+
+-- name: insert_attempt
+-- Record one attempt.
+INSERT INTO attempts (delivery_id, number, started_at, latency_ms, outcome, status, error, response)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?);
+
+-- name: finish_attempt
+-- The delivery's state after an attempt: delivered, failed, or pending until next_at.
+UPDATE deliveries SET state = ?, attempts = ?, next_at = ?, updated_at = ?, last_status = ?,
+    last_error = ?
+WHERE id = ?;
+
+-- name: recover_claimed
+-- After a stop or crash, what was claimed is due again (same uuid, so receivers can dedupe).
+UPDATE deliveries SET state = 'pending', next_at = ?, updated_at = ? WHERE state = 'delivering';
+
+-- name: due_deliveries
+-- Pending deliveries whose time has come, earliest first.
+SELECT * FROM deliveries WHERE next_at IS NOT NULL AND next_at <= ? ORDER BY next_at, id LIMIT ?;
+
+-- name: claim_delivery
+-- Take a due delivery into the running daemon.
+UPDATE deliveries SET state = 'delivering', next_at = NULL, updated_at = ? WHERE id = ?;
+
+-- name: next_due_at
+-- When the earliest pending delivery is due, for the scheduler's sleep.
+SELECT min(next_at) FROM deliveries WHERE next_at IS NOT NULL;
+
+-- name: outbox_rows_by_id
+-- Outbox rows needed by retries (the ids are inlined as bound parameters).
+SELECT id, event_id, type, organization_id, data, created FROM outbox WHERE id IN ({ids});
+
+-- name: get_delivery
+-- One delivery by id.
+SELECT * FROM deliveries WHERE id = ?;
+
+-- name: get_delivery_by_uuid
+-- One delivery by its X-Nevent-Delivery uuid.
+SELECT * FROM deliveries WHERE uuid = ?;
+
+-- name: list_deliveries
+-- Deliveries, newest first, narrowed by optional webhook, state and time.
+SELECT * FROM deliveries
+WHERE (:webhook_id IS NULL OR webhook_id = :webhook_id)
+  AND (:state IS NULL OR state = :state)
+  AND (:since IS NULL OR created_at >= :since)
+ORDER BY id DESC LIMIT :limit;
+
+-- name: attempts_of
+-- Every attempt at one delivery, in order.
+SELECT * FROM attempts WHERE delivery_id = ? ORDER BY number, id;
+
+-- name: replay_delivery
+-- Requeue a failed delivery now: a fresh round of retries, same uuid.
+UPDATE deliveries SET state = 'pending', next_at = ?, retry_base = attempts, updated_at = ?
+WHERE id = ? AND state = 'failed';
+
+-- name: replay_webhook
+-- Requeue in bulk the deliveries of one webhook in a state, created since a time.
+UPDATE deliveries SET state = 'pending', next_at = ?, retry_base = attempts, updated_at = ?
+WHERE webhook_id = ? AND state = ? AND created_at >= ? AND kind != 'test';
+
+-- name: count_by_state
+-- How many deliveries are in each state.
+SELECT state, count(*) FROM deliveries GROUP BY state;
+
+-- name: delivery_body
+-- The stored body of a test delivery (other kinds are rebuilt from the outbox).
+SELECT body FROM deliveries WHERE id = ?;
