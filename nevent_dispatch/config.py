@@ -211,7 +211,7 @@ def validate(config: Config) -> None:
            "must be 1..10000000", r.events_per_minute)
     _check("rate_limit.burst", r.burst >= 1, "must be >= 1", r.burst)
     for name in config.events.extra_types:
-        _check("events.extra_types", bool(name.strip()) and name == name.strip() and "*" not in name,
+        _check("events.extra_types", name.split() == [name] and "*" not in name,
                "must hold non-empty type names without spaces or '*'", name)
     _check("log.format", config.log.format in ("json", "console"), "must be 'json' or 'console'",
            config.log.format)

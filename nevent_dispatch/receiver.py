@@ -49,7 +49,7 @@ CERT_DAYS = 365
 RENEW_BEFORE_S = 24 * 3600
 OPENSSL_TIMEOUT_S = 30.0
 
-_STATUS_SHOWN_TEXT_MAX = 80
+_SHOWN_TEXT_MAX = 80
 
 
 # -- planning the answer ---------------------------------------------------------
@@ -99,8 +99,8 @@ def _clean(value: Any) -> str:
     text = "".join(
         "?" if unicodedata.category(char) in ("Cc", "Cf") else char for char in str(value)
     )
-    if len(text) > _STATUS_SHOWN_TEXT_MAX:
-        text = text[: _STATUS_SHOWN_TEXT_MAX - 1] + "…"
+    if len(text) > _SHOWN_TEXT_MAX:
+        text = text[: _SHOWN_TEXT_MAX - 3] + "..."
     return text
 
 

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import os
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -186,11 +187,14 @@ class Store:
             if cur.rowcount == 0:
                 raise NotFound(f"webhook {webhook.id!r} not found")
 
-    async def delete_webhook(self, webhook_id: str) -> None:
+    async def delete_webhook(self, webhook_id: str, now: float | None = None) -> None:
+        """Delete a webhook; its unfinished deliveries end as failed, its history stays."""
+        now = time.time() if now is None else now
         async with self._write() as db:
             cur = await db.execute(Q["delete_webhook"], (webhook_id,))
             if cur.rowcount == 0:
                 raise NotFound(f"webhook {webhook_id!r} not found")
+            await db.execute(Q["fail_orphans"], (now, webhook_id))
 
     async def get_webhook(self, webhook_id: str) -> Webhook:
         cur = await self._state.execute(Q["get_webhook"], (webhook_id,))
@@ -241,21 +245,55 @@ class Store:
     # -- deliveries: the daemon's writes ----------------------------------------------------
 
     async def record_intake(self, deliveries: Sequence[tuple[Any, ...]],
-                            items: Sequence[tuple[Any, ...]], cursor: int) -> int:
+                            items: Sequence[tuple[Any, ...]], cursor: int) -> tuple[int, int]:
         """Insert a page's deliveries and batch items and advance the cursor, atomically.
 
-        ``deliveries`` rows follow ``insert_delivery`` without the id; the rows get
-        consecutive ids after the returned base (assigned under the write lock).
+        Rows follow ``insert_delivery`` / ``insert_batch_item`` without the id; they
+        get consecutive ids after the returned bases (assigned under the write lock,
+        so no other writer can interleave).
         """
         async with self._write() as db:
-            base = int((await (await db.execute(Q["max_delivery_id"])).fetchone())[0])  # type: ignore[index]
+            base = item_base = 0
             if deliveries:
+                base = await self._max(db, "max_delivery_id")
                 await db.executemany(Q["insert_delivery"],
                                      [(base + i, *row) for i, row in enumerate(deliveries, 1)])
             if items:
-                await db.executemany(Q["insert_batch_item"], items)
+                item_base = await self._max(db, "max_batch_item_id")
+                await db.executemany(Q["insert_batch_item"],
+                                     [(item_base + i, *row) for i, row in enumerate(items, 1)])
             await db.execute(Q["set_cursor"], (cursor,))
-        return base
+        return base, item_base
+
+    @staticmethod
+    async def _max(db: aiosqlite.Connection, query: str) -> int:
+        row = await (await db.execute(Q[query])).fetchone()
+        return int(row[0]) if row else 0
+
+    async def marks(self) -> tuple[int, int]:
+        """The highest delivery and batch item ids: lanes refill only rows created after them."""
+        return (await self._max(self._state, "max_delivery_id"),
+                await self._max(self._state, "max_batch_item_id"))
+
+    async def spilled_deliveries(self, webhook_id: str, after: int, limit: int) -> list[Delivery]:
+        cur = await self._state.execute(Q["spilled_deliveries"], (webhook_id, after, limit))
+        return [_delivery(tuple(row)) for row in await cur.fetchall()]
+
+    async def spilled_items(self, webhook_id: str, after: int,
+                            limit: int) -> list[tuple[int, int, str, str]]:
+        cur = await self._state.execute(Q["spilled_items"], (webhook_id, after, limit))
+        return list(await cur.fetchall())  # type: ignore[arg-type]
+
+    async def release_claimed(self, delivery_ids: Sequence[int], now: float) -> None:
+        async with self._write() as db:
+            await db.executemany(Q["release_claimed"], [(now, now, i) for i in delivery_ids])
+
+    async def release_spilled(self, webhook_id: str, after: int, now: float) -> None:
+        async with self._write() as db:
+            await db.execute(Q["release_spilled"], (now, now, webhook_id, after))
+
+    async def pending_count(self) -> int:
+        return int(await self._one(Q["pending_count"]))
 
     async def insert_delivery(self, row: tuple[Any, ...]) -> int:
         """Insert one delivery (a test, a batch) and return its id."""
@@ -263,7 +301,7 @@ class Store:
             return await self._insert_one(db, row)
 
     async def _insert_one(self, db: aiosqlite.Connection, row: tuple[Any, ...]) -> int:
-        base = int((await (await db.execute(Q["max_delivery_id"])).fetchone())[0])  # type: ignore[index]
+        base = await self._max(db, "max_delivery_id")
         await db.execute(Q["insert_delivery"], (base + 1, *row))
         return base + 1
 
@@ -292,7 +330,7 @@ class Store:
         cur = await self._state.execute(Q["unbatched_webhooks"])
         return [r[0] for r in await cur.fetchall()]
 
-    async def unbatched_items(self, webhook_id: str, limit: int) -> list[tuple[int, str, str]]:
+    async def unbatched_items(self, webhook_id: str, limit: int) -> list[tuple[int, int, str, str]]:
         cur = await self._state.execute(Q["unbatched_items"], (webhook_id, limit))
         return list(await cur.fetchall())  # type: ignore[arg-type]
 

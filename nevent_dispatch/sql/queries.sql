@@ -59,9 +59,13 @@ INSERT INTO deliveries (id, uuid, webhook_id, kind, event_type, event_id, outbox
                         last_status, last_error, body)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?, ?, NULL, ?, ?);
 
+-- name: max_batch_item_id
+-- The highest batch item id; ids of a new page are assigned after it under the write lock.
+SELECT coalesce(max(id), 0) FROM batch_items;
+
 -- name: insert_batch_item
 -- An event waiting for a batch of a batch-mode webhook.
-INSERT INTO batch_items (webhook_id, outbox_id, event_id, event_type) VALUES (?, ?, ?, ?);
+INSERT INTO batch_items (id, webhook_id, outbox_id, event_id, event_type) VALUES (?, ?, ?, ?, ?);
 
 -- name: assign_batch_items
 -- Put the events of a batch in it.
@@ -73,7 +77,7 @@ SELECT DISTINCT webhook_id FROM batch_items WHERE delivery_id IS NULL;
 
 -- name: unbatched_items
 -- The oldest events waiting for a batch of one webhook.
-SELECT outbox_id, event_id, event_type FROM batch_items
+SELECT id, outbox_id, event_id, event_type FROM batch_items
 WHERE webhook_id = ? AND delivery_id IS NULL ORDER BY id LIMIT ?;
 
 -- name: batch_items_of
@@ -96,16 +100,44 @@ WHERE id = ?;
 UPDATE deliveries SET state = 'pending', next_at = ?, updated_at = ? WHERE state = 'delivering';
 
 -- name: due_deliveries
--- Pending deliveries whose time has come, earliest first.
-SELECT * FROM deliveries WHERE next_at IS NOT NULL AND next_at <= ? ORDER BY next_at, id LIMIT ?;
+-- Pending deliveries of active webhooks whose time has come, earliest first.
+SELECT d.* FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id
+WHERE d.next_at IS NOT NULL AND d.next_at <= ? AND w.active = 1
+ORDER BY d.next_at, d.id LIMIT ?;
+
+-- name: pending_count
+-- Deliveries still to be attempted for active webhooks (until-idle runs wait for them).
+SELECT count(*) FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id
+WHERE d.state IN ('pending', 'delivering') AND w.active = 1;
+
+-- name: spilled_deliveries
+-- Event deliveries created for a lane that was full, oldest first, after the lane's mark.
+SELECT * FROM deliveries
+WHERE webhook_id = ? AND kind = 'event' AND state = 'delivering' AND id > ?
+ORDER BY id LIMIT ?;
+
+-- name: spilled_items
+-- Events waiting for a batch of a lane that was full, oldest first, after the lane's mark.
+SELECT id, outbox_id, event_id, event_type FROM batch_items
+WHERE webhook_id = ? AND delivery_id IS NULL AND id > ? ORDER BY id LIMIT ?;
+
+-- name: fail_orphans
+-- A deleted webhook's unfinished deliveries end as failed.
+UPDATE deliveries SET state = 'failed', next_at = NULL, updated_at = ?, last_error = 'webhook deleted'
+WHERE webhook_id = ? AND state IN ('pending', 'delivering');
+
+-- name: release_claimed
+-- Give claimed deliveries back to the scheduler (a lane retired by a webhook change).
+UPDATE deliveries SET state = 'pending', next_at = ?, updated_at = ? WHERE id = ? AND state = 'delivering';
 
 -- name: claim_delivery
 -- Take a due delivery into the running daemon.
 UPDATE deliveries SET state = 'delivering', next_at = NULL, updated_at = ? WHERE id = ?;
 
 -- name: next_due_at
--- When the earliest pending delivery is due, for the scheduler's sleep.
-SELECT min(next_at) FROM deliveries WHERE next_at IS NOT NULL;
+-- When the earliest pending delivery of an active webhook is due, for the scheduler's sleep.
+SELECT min(d.next_at) FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id
+WHERE d.next_at IS NOT NULL AND w.active = 1;
 
 -- name: outbox_rows_by_id
 -- Outbox rows needed by retries (the ids are inlined as bound parameters).
@@ -148,3 +180,8 @@ SELECT state, count(*) FROM deliveries GROUP BY state;
 -- name: delivery_body
 -- The stored body of a test delivery (other kinds are rebuilt from the outbox).
 SELECT body FROM deliveries WHERE id = ?;
+
+-- name: release_spilled
+-- A retired lane's spilled event deliveries go back to the scheduler.
+UPDATE deliveries SET state = 'pending', next_at = ?, updated_at = ?
+WHERE webhook_id = ? AND kind = 'event' AND state = 'delivering' AND id > ?;

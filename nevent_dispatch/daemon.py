@@ -1,0 +1,70 @@
+"""The process shell: uvloop, logging, signals, the dispatcher's lifetime.
+
+Owns what belongs to the process and nothing else: the event loop policy, the
+signal handlers (installed through a context manager that restores the old
+ones; the first SIGTERM/SIGINT asks for a drain, a second forces exit), opening
+and closing the store. The pipeline itself lives in ``dispatcher.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import Iterator
+
+from .config import Config
+from .dispatcher import Dispatcher
+from .logs import get_logger
+from .store import Store
+
+log = get_logger("nevent_dispatch")
+
+
+@contextlib.contextmanager
+def stop_on_signals(loop: asyncio.AbstractEventLoop, dispatcher: Dispatcher) -> Iterator[None]:
+    """First SIGTERM/SIGINT: drain. Second: exit at once (like uvicorn)."""
+    received: list[int] = []
+
+    def handle(signum: int) -> None:
+        received.append(signum)
+        if len(received) == 1:
+            log.info("signal_received", signal=signal.Signals(signum).name, action="drain")
+            dispatcher.stop()
+        else:
+            log.warning("signal_received", signal=signal.Signals(signum).name, action="exit")
+            os._exit(1)
+
+    signals = (signal.SIGTERM, signal.SIGINT)
+    for signum in signals:
+        loop.add_signal_handler(signum, handle, signum)
+    try:
+        yield
+    finally:
+        for signum in signals:
+            loop.remove_signal_handler(signum)
+
+
+async def serve(config: Config, *, until_idle: bool = False) -> None:
+    """Open the databases, deliver until stopped, close everything in order."""
+    store = await Store.open(config)
+    try:
+        dispatcher = Dispatcher(config, store)
+        with stop_on_signals(asyncio.get_running_loop(), dispatcher):
+            log.info("daemon_started", pid=os.getpid(), outbox=str(config.database.outbox),
+                     state=str(config.database.state), until_idle=until_idle)
+            await dispatcher.run(until_idle=until_idle)
+    finally:
+        await store.close()
+        log.info("daemon_stopped")
+
+
+def run(config: Config, *, until_idle: bool = False) -> None:
+    """Run the daemon on uvloop's event loop."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on every supported platform
+        asyncio.run(serve(config, until_idle=until_idle))
+        return
+    uvloop.run(serve(config, until_idle=until_idle))

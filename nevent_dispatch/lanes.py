@@ -1,0 +1,165 @@
+"""Per-webhook lanes: order, rate limit, in-flight bound and batching.
+
+Owns a webhook's queue of work in memory and the loop that decides when the
+head of it may go: when the bucket has the tokens, a per-webhook slot and a
+global slot are free (taken before the work), and — in batch mode — when a
+batch is full or has waited ``batch.max_wait``. A lane never holds more than
+its cap: beyond it work stays in the database ("spilled") and the lane refills
+from there in order. It must not send or write anything itself: its host does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from dataclasses import dataclass
+from typing import Protocol
+
+from .envelope import take_batch
+from .models import Kind, Webhook
+from .ratelimit import TokenBucket
+
+
+@dataclass(slots=True)
+class Job:
+    """A delivery ready to be attempted: its body is final."""
+
+    delivery_id: int
+    uuid: str
+    kind: Kind
+    event_type: str
+    event_id: str | None
+    body: bytes
+    event_count: int
+    attempts: int
+    retry_base: int
+
+
+@dataclass(slots=True)
+class Item:
+    """An event waiting to be grouped into a batch."""
+
+    item_id: int
+    outbox_id: int
+    event_id: str
+    event_type: str
+    body: bytes
+    queued_at: float
+
+
+class Host(Protocol):
+    """What a lane needs from the dispatcher."""
+
+    max_events: int
+    max_wait: float
+    max_bytes: int
+    per_webhook: int
+    slots: asyncio.Semaphore
+
+    def monotonic(self) -> float: ...
+    def stopping(self) -> bool: ...
+    async def refill(self, lane: Lane) -> int: ...
+    async def make_batch(self, lane: Lane, items: list[Item]) -> Job: ...
+    def start_attempt(self, lane: Lane, job: Job) -> None: ...
+
+
+class Lane:
+    def __init__(self, webhook: Webhook, bucket: TokenBucket, host: Host, *, cap: int,
+                 mark: int) -> None:
+        self.webhook = webhook
+        self.bucket = bucket
+        self.host = host
+        self.cap = cap
+        self.queue: deque[Job | Item] = deque()
+        self.in_flight = 0
+        #: Work for this lane was left in the database because the lane was full.
+        self.spilled = False
+        #: Counts spills, so a refill racing with intake does not clear ``spilled`` too early.
+        self.spills = 0
+        #: The highest delivery (or batch item) id this lane has taken; refills read above it.
+        self.mark = mark
+        self._wake = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    @property
+    def full(self) -> bool:
+        return self.spilled or len(self.queue) >= self.cap
+
+    def push(self, work: Job | Item) -> None:
+        self.queue.append(work)
+        self._wake.set()
+
+    def spill(self) -> None:
+        self.spilled = True
+        self.spills += 1
+
+    def poke(self) -> None:
+        self._wake.set()
+
+    async def _sleep(self, timeout: float | None) -> None:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout)
+
+    def _plan_batch(self, now: float) -> tuple[int, float]:
+        """(events to send, 0) or (0, seconds to wait for a fuller batch)."""
+        host = self.host
+        items: list[int] = []
+        for work in self.queue:
+            if not isinstance(work, Item) or len(items) == host.max_events:
+                break
+            items.append(len(work.body))
+        count = take_batch(items, host.max_events, host.max_bytes)
+        complete = count < len(items) or count == host.max_events or (
+            count < len(self.queue))  # a job behind the items, or the bytes limit, closes the batch
+        head = self.queue[0]
+        assert isinstance(head, Item)
+        waited = now - head.queued_at
+        if complete or waited >= host.max_wait or self.spilled or host.stopping():
+            return count, 0.0
+        return 0, host.max_wait - waited
+
+    async def run(self) -> None:
+        """Send the queue's head whenever it may go; return when the lane is empty."""
+        host = self.host
+        idle_refills = 0
+        while not host.stopping():
+            self._wake.clear()
+            if self.spilled and len(self.queue) < self.cap // 2:
+                if await host.refill(self) == 0 and not self.queue:
+                    idle_refills += 1
+                    await self._sleep(min(0.05 * idle_refills, 1.0))
+                    continue
+                idle_refills = 0
+            if not self.queue:
+                return
+            now = host.monotonic()
+            head = self.queue[0]
+            if isinstance(head, Item):
+                count, wait = self._plan_batch(now)
+                if wait > 0:
+                    await self._sleep(wait)
+                    continue
+            else:
+                count = head.event_count
+            wait = self.bucket.wait(count, now)
+            if wait > 0:
+                await self._sleep(wait)
+                continue
+            if self.in_flight >= host.per_webhook:
+                await self._sleep(None)
+                continue
+            await host.slots.acquire()
+            self.in_flight += 1
+            try:
+                if isinstance(head, Item):
+                    items = [self.queue.popleft() for _ in range(count)]
+                    job = await host.make_batch(self, items)  # type: ignore[arg-type]
+                else:
+                    job = self.queue.popleft()  # type: ignore[assignment]
+                self.bucket.take(count, host.monotonic())
+            except BaseException:
+                self.in_flight -= 1
+                host.slots.release()
+                raise
+            host.start_attempt(self, job)

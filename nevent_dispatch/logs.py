@@ -1,0 +1,55 @@
+"""Logging: structlog configured once, JSON lines on stdout for journald.
+
+Owns the processor chain and the rule that nothing named like a secret is ever
+rendered. It must not be configured from anywhere but the process shell
+(``daemon.py`` and the CLI).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import orjson
+import structlog
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+           "error": logging.ERROR}
+_SECRET_WORDS = ("secret", "password", "token", "authorization", "signature")
+
+
+def _drop_secrets(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Mask any key that names a secret, whatever a caller passed."""
+    for key in event:
+        if any(word in key.lower() for word in _SECRET_WORDS):
+            event[key] = "[masked]"
+    return event
+
+
+def configure(*, fmt: str = "json", level: str = "info", stream: Any = None) -> None:
+    """Configure structlog for the whole process (idempotent)."""
+    stream = stream or sys.stdout
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _drop_secrets,
+    ]
+    if fmt == "console":
+        processors = [*shared, structlog.dev.ConsoleRenderer(colors=False)]
+        factory: Any = structlog.PrintLoggerFactory(stream)
+    else:
+        processors = [*shared, structlog.processors.format_exc_info,
+                      structlog.processors.JSONRenderer(serializer=orjson.dumps)]
+        factory = structlog.BytesLoggerFactory(getattr(stream, "buffer", stream))
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
+        logger_factory=factory,
+        cache_logger_on_first_use=True,
+    )
+
+
+def get_logger(name: str) -> Any:
+    return structlog.get_logger(name)
