@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import aiohttp
+import orjson
 
 from . import retry
 from .clock import SYSTEM, Clock
@@ -530,3 +531,33 @@ class Dispatcher:
         result = Result(Outcome.GONE, None, 0.0, "event no longer in the outbox", None, None,
                         self.clock.time())
         self._settle(job, webhook, result)
+
+
+async def send_test(config: Config, store: Store, webhook: Webhook, event_type: str, *,
+                    clock: Clock = SYSTEM) -> tuple[Delivery, Result]:
+    """Send a sample event to one webhook now (active or not), recorded in its history.
+
+    It goes through the same sender, signing and recording as real events; it is
+    attempted once and never retried.
+    """
+    from .samples import sample_envelope
+
+    now = clock.time()
+    body = orjson.dumps(sample_envelope(event_type, webhook.organization_id, created=int(now)))
+    if len(body) > config.delivery.max_payload_bytes:  # pragma: no cover - samples are small
+        raise ValueError("sample event larger than delivery.max_payload_bytes")
+    envelope = orjson.loads(body)
+    row = new_delivery_row(webhook_id=webhook.id, kind=Kind.TEST, event_type=event_type,
+                           event_id=envelope["id"], outbox_id=None, event_count=1,
+                           state=State.DELIVERING, now=now, body=body)
+    delivery_id = await store.insert_delivery(row)
+    job = Job(delivery_id, row[0], Kind.TEST, event_type, envelope["id"], body, 1, 0, 0)
+    async with make_session(config.delivery) as session:
+        result = await Sender(session, config.delivery, clock).send(
+            url=webhook.url, secret=webhook.secret, body=body, event_type=event_type,
+            delivery_uuid=job.uuid)
+    state, next_at = settle(job, webhook, result, config)
+    attempt, finish = result_rows(job, result, state, next_at, clock.time())
+    await store.record_results([attempt], [finish])
+    log_attempt(job, webhook.id, result, state, next_at)
+    return await store.get_delivery(delivery_id), result

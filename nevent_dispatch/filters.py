@@ -1,30 +1,24 @@
 """Webhook filters: Mongo-style JSON documents compiled once into predicates.
 
-Owns the filter dialect webhook users know from Convoy and Hookdeck —
-dotted paths into the event envelope, ``$eq $ne $gt $gte $lt $lte $in $nin
-$exists $regex`` on a field, ``$and $or $not`` between conditions, a path
-through a list matching when any element matches — its validation, and its
-compilation into nested closures. A bad document is refused with one
-``FilterError`` line naming the offending part, so it can be refused when a
-webhook is saved rather than discovered when an event arrives.
-
-It must not read storage, know about webhooks, or raise while matching: an
-envelope that does not fit the filter (a missing path, a string where a
-number was expected) is a plain ``False``.
+Owns the dialect webhook users know from Convoy and Hookdeck, its validation
+and its compilation into nested closures. A bad document is refused with one
+``FilterError`` line naming the offending part, so it fails when the webhook
+is saved, not when an event arrives. It must not touch storage or webhooks,
+nor raise while matching: an envelope that does not fit (a missing path, a
+string where a number was expected) is simply ``False``.
 
 Semantics worth knowing:
 
 * ``{"data.x": 5}`` is ``{"data.x": {"$eq": 5}}``; an object without ``$``
-  keys is compared as a whole (key order ignored); ``{}`` is equality too.
-* A path walks objects by key. On a list it continues into every object
-  element, and a numeric segment also indexes the list
-  (``data.purchase.tickets.0.type``). A field matches if any reached value
-  matches; when a reached value is itself a list, the operand may match the
-  list as a whole or any of its elements (``{"data.fan.tags": "vip"}``).
+  keys is compared as a whole, key order ignored (``{}`` included).
+* A path walks objects by key; on a list it continues into every object
+  element, and a numeric segment also indexes it (``tickets.0.type``). A field
+  matches if any reached value does; a reached list matches as a whole or by
+  any element (``{"data.fan.tags": "vip"}`` matches ``["techno", "vip"]``).
 * ``$ne``, ``$nin`` and a field ``$not`` negate the whole path, so they hold
-  when the path is missing. ``$exists`` counts ``null`` as present.
+  when it is missing. ``$exists`` counts ``null`` as present.
 * Booleans are not numbers; ints and floats compare numerically; values of
-  different types never match each other.
+  different types never match.
 """
 
 from __future__ import annotations
@@ -54,10 +48,7 @@ _Step = tuple[str, int | None]
 _MAX_DEPTH = 32
 
 _ORDERINGS: dict[str, Callable[[Any, Any], bool]] = {
-    "$gt": operator.gt,
-    "$gte": operator.ge,
-    "$lt": operator.lt,
-    "$lte": operator.le,
+    "$gt": operator.gt, "$gte": operator.ge, "$lt": operator.lt, "$lte": operator.le
 }
 _FIELD_OPERATORS = frozenset(
     {"$eq", "$ne", "$in", "$nin", "$exists", "$regex", "$options", "$not", *_ORDERINGS}
@@ -100,6 +91,11 @@ def _type_name(value: object) -> str:
     return "null" if value is None else type(value).__name__
 
 
+def _label(path: str) -> str:
+    # A key with a newline or control character must not break the one-line message.
+    return path if path.isprintable() else repr(path)
+
+
 def _check_shape(doc: dict[Any, Any]) -> None:
     """Refuse non-JSON values, non-string keys and excessive nesting.
 
@@ -117,7 +113,8 @@ def _check_shape(doc: dict[Any, Any]) -> None:
                     raise FilterError(
                         f"filter: object keys must be strings, got {_type_name(key)} at {where}"
                     )
-                stack.append((item, depth + 1, key if depth == 1 else f"{where}.{key}"))
+                label = _label(key)
+                stack.append((item, depth + 1, label if depth == 1 else f"{where}.{label}"))
         elif isinstance(value, list):
             stack.extend((item, depth + 1, f"{where}[{i}]") for i, item in enumerate(value))
         elif not (value is None or isinstance(value, (str, int, float))):
@@ -163,16 +160,17 @@ def _compile_sub(doc: object, where: str) -> Predicate:
     return _compile_doc(doc, where)
 
 
-def _all_of(checks: list[Predicate]) -> Predicate:
-    if len(checks) == 1:
-        return checks[0]
-    frozen = tuple(checks)
-    return lambda envelope: all(check(envelope) for check in frozen)
+# Combinators shared by envelope predicates and field tests.
+def _all_of(tests: list[Callable[[Any], bool]]) -> Callable[[Any], bool]:
+    if len(tests) == 1:
+        return tests[0]
+    frozen = tuple(tests)
+    return lambda arg: all(test(arg) for test in frozen)
 
 
-def _any_of(checks: list[Predicate]) -> Predicate:
-    frozen = tuple(checks)
-    return lambda envelope: any(check(envelope) for check in frozen)
+def _any_of(tests: list[Callable[[Any], bool]]) -> Callable[[Any], bool]:
+    frozen = tuple(tests)
+    return lambda arg: any(test(arg) for test in frozen)
 
 
 def _negate(test: Callable[[Any], bool]) -> Callable[[Any], bool]:
@@ -184,7 +182,7 @@ def _negate(test: Callable[[Any], bool]) -> Callable[[Any], bool]:
 
 def _compile_field(path: str, condition: object) -> Predicate:
     steps = _parse_path(path)
-    test = _compile_condition(condition, path)
+    test = _compile_condition(condition, _label(path))
     return lambda envelope: test(_resolve(envelope, steps))
 
 
@@ -257,10 +255,7 @@ def _compile_condition(condition: object, path: str) -> _ValuesTest:
         for op, operand in condition.items()
         if op != "$options"
     ]
-    if len(tests) == 1:
-        return tests[0]
-    frozen = tuple(tests)
-    return lambda values: all(test(values) for test in frozen)
+    return _all_of(tests)
 
 
 def _compile_operator(op: str, operand: Any, condition: dict[str, Any], path: str) -> _ValuesTest:
@@ -282,18 +277,13 @@ def _compile_operator(op: str, operand: Any, condition: dict[str, Any], path: st
         return (lambda values: bool(values)) if operand else (lambda values: not values)
     else:  # $not: the only field operator left
         if not _is_operator_object(operand, path):
+            got = "an object without operators" if isinstance(operand, dict) else None
             raise FilterError(
                 f'filter: $not at {path} expects an operator object such as {{"$gt": 5}},'
-                f" got {_describe(operand)}"
+                f" got {got or _type_name(operand)}"
             )
         return _negate(_compile_condition(operand, path))
     return _negate(test) if op in ("$ne", "$nin") else test
-
-
-def _describe(value: object) -> str:
-    if isinstance(value, dict):
-        return "an empty object" if not value else "an object without operators"
-    return _type_name(value)
 
 
 def _any_value(test: _ValueTest) -> _ValuesTest:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import operator
 import re
 from types import MappingProxyType
@@ -146,7 +147,8 @@ def test_and_or_not_combine_filters():
 
 def test_logical_operators_nest():
     """$or inside $and inside $not evaluates as written."""
-    doc = {"$not": {"$and": [{"type": "fan.created"}, {"$or": [{"a": 1}, {"data.fan.city": "Madrid"}]}]}}
+    either = {"$or": [{"a": 1}, {"data.fan.city": "Madrid"}]}
+    doc = {"$not": {"$and": [{"type": "fan.created"}, either]}}
     assert not matches(doc, make_fan(city="Madrid"))
     assert matches(doc, make_fan(city="Sevilla"))
 
@@ -210,7 +212,12 @@ def test_ne_is_negated_equality_over_the_path():
 
 @pytest.mark.parametrize(
     ("op", "below", "equal", "above"),
-    [("$gt", False, False, True), ("$gte", False, True, True), ("$lt", True, False, False), ("$lte", True, True, False)],
+    [
+        ("$gt", False, False, True),
+        ("$gte", False, True, True),
+        ("$lt", True, False, False),
+        ("$lte", True, True, False),
+    ],
 )
 def test_comparisons_on_numbers(op, below, equal, above):
     """$gt, $gte, $lt and $lte compare numbers, ints and floats alike."""
@@ -306,7 +313,8 @@ def test_numeric_segment_is_also_an_object_key():
 
 def test_missing_path_matches_only_negations():
     """A missing path fails every operator except $ne, $nin, $not and $exists: false."""
-    for condition in ({"$eq": None}, {"$gt": 0}, {"$in": [None]}, {"$regex": ""}, {"$exists": True}):
+    positive = ({"$eq": None}, {"$gt": 0}, {"$in": [None]}, {"$regex": ""}, {"$exists": True})
+    for condition in positive:
         assert not matches({"data.y.z": condition}, x(1))
     for condition in ({"$ne": 1}, {"$nin": [1]}, {"$not": {"$eq": 1}}, {"$exists": False}):
         assert matches({"data.y.z": condition}, x(1))
@@ -365,9 +373,10 @@ def test_refuses_unknown_field_operator():
 
 def test_refuses_unknown_top_level_operator():
     """An unknown top-level operator, or a field operator at top level, is refused."""
-    with refused("filter: unknown operator '$nor' at top level (expected $and, $or, $not or a field path)"):
+    expected = "(expected $and, $or, $not or a field path)"
+    with refused(f"filter: unknown operator '$nor' at top level {expected}"):
         compile_filter({"$nor": [{"a": 1}]})
-    with refused("filter: unknown operator '$eq' at $or[1] (expected $and, $or, $not or a field path)"):
+    with refused(f"filter: unknown operator '$eq' at $or[1] {expected}"):
         compile_filter({"$or": [{"a": 1}, {"$eq": 1}]})
 
 
@@ -385,7 +394,9 @@ def test_refuses_membership_without_a_list(op):
 
 
 @pytest.mark.parametrize("op", ["$gt", "$gte", "$lt", "$lte"])
-@pytest.mark.parametrize(("operand", "kind"), [(True, "bool"), (None, "null"), ([1], "list"), ({"a": 1}, "dict")])
+@pytest.mark.parametrize(
+    ("operand", "kind"), [(True, "bool"), (None, "null"), ([1], "list"), ({"a": 1}, "dict")]
+)
 def test_refuses_comparison_with_a_non_orderable_operand(op, operand, kind):
     """Comparisons need a number or a string: not a bool, null, list or object."""
     with refused(f"filter: {op} at data.x expects a number or a string, got {kind}"):
@@ -406,7 +417,8 @@ def test_refuses_regex_that_is_not_a_string():
 
 def test_refuses_regex_that_does_not_compile():
     """An invalid pattern is refused with the compiler's reason."""
-    with refused("filter: invalid $regex at data.fan.email: unterminated character set at position 0"):
+    reason = "unterminated character set at position 0"
+    with refused(f"filter: invalid $regex at data.fan.email: {reason}"):
         compile_filter({"data.fan.email": {"$regex": "[a-z"}})
 
 
@@ -463,9 +475,10 @@ def test_refuses_top_level_not_that_is_not_an_object():
 
 def test_refuses_field_not_without_operators():
     """A field $not takes an operator object, not a plain value."""
-    with refused('filter: $not at data.x expects an operator object such as {"$gt": 5}, got int'):
+    expects = 'filter: $not at data.x expects an operator object such as {"$gt": 5}'
+    with refused(f"{expects}, got int"):
         compile_filter({"data.x": {"$not": 5}})
-    with refused('filter: $not at data.x expects an operator object such as {"$gt": 5}, got an object without operators'):
+    with refused(f"{expects}, got an object without operators"):
         compile_filter({"data.x": {"$not": {"a": 1}}})
 
 
@@ -475,7 +488,9 @@ def test_refuses_mixed_operator_and_plain_keys():
         compile_filter({"data.x": {"$gt": 1, "a": 2}})
 
 
-@pytest.mark.parametrize(("doc", "kind"), [([], "list"), ("type", "str"), (None, "null"), (3, "int")])
+@pytest.mark.parametrize(
+    ("doc", "kind"), [([], "list"), ("type", "str"), (None, "null"), (3, "int")]
+)
 def test_refuses_non_object_top_level(doc, kind):
     """A filter is a JSON object."""
     with refused(f"filter: must be a JSON object, got {kind}"):
@@ -493,6 +508,12 @@ def test_refuses_empty_path_segment(path):
     """A path with an empty segment is refused."""
     with refused(f"filter: empty segment in path {path!r}"):
         compile_filter({path: 1})
+
+
+def test_message_stays_on_one_line_for_a_path_with_a_newline():
+    """A path with a control character is quoted in the message, which stays one line."""
+    with refused("filter: $in at 'data.\\nx' expects a list, got int"):
+        compile_filter({"data.\nx": {"$in": 1}})
 
 
 def test_refuses_non_string_keys():
@@ -544,7 +565,8 @@ def test_refuses_very_deep_and_cyclic_documents_without_recursion_error():
 
 def test_parse_filter_returns_the_document():
     """parse_filter returns the parsed document, ready to store."""
-    assert parse_filter('{"data.purchase.total": {"$gt": 100}}') == {"data.purchase.total": {"$gt": 100}}
+    text = '{"data.purchase.total": {"$gt": 100}}'
+    assert parse_filter(text) == {"data.purchase.total": {"$gt": 100}}
 
 
 def test_parse_filter_refuses_invalid_json():
@@ -613,7 +635,7 @@ def ref_any(values: list[Any], test) -> bool:
 
 
 def ref_is_operators(condition: Any) -> bool:
-    return isinstance(condition, dict) and bool(condition) and all(k[0] == "$" for k in condition)
+    return isinstance(condition, dict) and bool(condition) and all(k.startswith("$") for k in condition)
 
 
 def ref_condition(values: list[Any], condition: Any) -> bool:
@@ -634,7 +656,7 @@ def ref_condition(values: list[Any], condition: Any) -> bool:
         elif op == "$exists":
             ok = (len(values) > 0) == arg
         elif op == "$regex":
-            ok = ref_any(values, lambda v: isinstance(v, str) and re.search(arg, v, flags) is not None)
+            ok = ref_any(values, lambda v: isinstance(v, str) and bool(re.search(arg, v, flags)))
         elif op == "$not":
             ok = not ref_condition(values, arg)
         elif op == "$options":
@@ -642,7 +664,8 @@ def ref_condition(values: list[Any], condition: Any) -> bool:
         else:
             ok = ref_any(
                 values,
-                lambda v: ref_kind(v) == ref_kind(arg) in ("number", "str") and REF_ORDER[op](v, arg),
+                lambda v: ref_kind(v) == ref_kind(arg) in ("number", "str")
+                and REF_ORDER[op](v, arg),
             )
         if not ok:
             return False
@@ -668,7 +691,9 @@ def reference(doc: dict[str, Any], envelope: dict[str, Any]) -> bool:
 
 # Few keys and few values, so that generated paths and operands often hit.
 KEYS = st.sampled_from(["a", "b", "0"])
-SCALARS = st.sampled_from([None, True, False, 0, 1, 2, 0.0, 1.0, 1.5, "", "a", "b", "A", "ab", "b\na"])
+SCALARS = st.sampled_from(
+    [None, True, False, 0, 1, 2, 0.0, 1.0, 1.5, "", "a", "b", "A", "ab", "b\na"]
+)
 JSON = st.recursive(
     SCALARS,
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(KEYS, inner, max_size=3),
@@ -705,7 +730,9 @@ def conditions(values, orderables) -> st.SearchStrategy[Any]:
     operators = st.recursive(
         st.lists(fragments, min_size=1, max_size=2).map(merge),
         lambda inner: st.builds(
-            lambda ops, rest: rest | {"$not": ops}, inner, st.lists(fragments, max_size=1).map(merge)
+            lambda ops, rest: rest | {"$not": ops},
+            inner,
+            st.lists(fragments, max_size=1).map(merge),
         ),
         max_leaves=3,
     )
@@ -755,13 +782,13 @@ def reachable(value: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, Any]]
 
 def near(value: Any) -> list[Any]:
     """Operands that may match ``value``: itself, its elements, and lookalikes of other types."""
-    near = [value, *(value if isinstance(value, list) else [])]
-    for item in list(near):
+    operands = [value, *(value if isinstance(value, list) else [])]
+    for item in list(operands):
         if ref_kind(item) in ("bool", "number"):
-            near += [int(item), float(item), str(item)]
+            operands += [int(item), float(item), str(item)]
             if item in (0, 1):
-                near.append(bool(item))
-    return near
+                operands.append(bool(item))
+    return operands
 
 
 def condition_near(value: Any) -> st.SearchStrategy[Any]:
@@ -775,13 +802,14 @@ def condition_near(value: Any) -> st.SearchStrategy[Any]:
 def cases(draw) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """A filter mostly written against an envelope's own paths and values, and envelopes."""
     envelope = draw(ENVELOPES)
-    fields = ANY_FIELD
+    docs = FILTER_DOCS
     if found := reachable(envelope):
         hits = st.sampled_from(found).flatmap(
             lambda hit: st.tuples(st.just(hit[0]), condition_near(hit[1]))
         )
-        fields = st.one_of(hits, hits, ANY_FIELD)
-    doc = draw(filter_docs(fields))
+        # A single field is the most sensitive probe; larger documents mix in misses.
+        docs = hits.map(lambda hit: dict([hit])) | filter_docs(st.one_of(hits, hits, ANY_FIELD))
+    doc = draw(docs)
     return doc, [envelope, *draw(st.lists(ENVELOPES, max_size=2))]
 
 
@@ -797,7 +825,7 @@ def test_compiled_filter_agrees_with_the_reference_interpreter(case):
 
 FUZZ_KEYS = st.sampled_from(
     ["a", "b.c", "0", "", "a..b", ".a", "$and", "$or", "$not", "$eq", "$ne", "$gt", "$gte", "$lt",
-     "$lte", "$in", "$nin", "$exists", "$regex", "$options", "$where", "$"]
+     "$lte", "$in", "$nin", "$exists", "$regex", "$options", "$where", "$", "a\nb"]
 )
 FUZZ_SCALARS = st.one_of(
     st.none(),
@@ -816,15 +844,50 @@ WILD_ENVELOPES = st.dictionaries(
     st.one_of(KEYS, st.text(max_size=3)),
     st.recursive(
         st.one_of(FUZZ_SCALARS, SCALARS),
-        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.one_of(KEYS, st.text(max_size=2)), inner, max_size=3),
+        lambda inner: st.lists(inner, max_size=3)
+        | st.dictionaries(KEYS | st.text(max_size=2), inner, max_size=3),
         max_leaves=10,
     ),
     max_size=4,
 )
 
 
+def containers(doc: Any) -> list[Any]:
+    """Every non-empty object and list inside ``doc``, itself included."""
+    found, stack = [], [doc]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (dict, list)) and node:
+            found.append(node)
+            stack.extend(node.values() if isinstance(node, dict) else node)
+    return found
+
+
+@st.composite
+def damaged_docs(draw) -> dict[str, Any]:
+    """A valid document with one value somewhere replaced by arbitrary JSON."""
+    doc = copy.deepcopy(draw(FILTER_DOCS))
+    node = draw(st.sampled_from(containers(doc)))
+    slot = draw(st.sampled_from(list(node) if isinstance(node, dict) else range(len(node))))
+    node[slot] = draw(FUZZ_JSON)
+    return doc
+
+
+# Arbitrary JSON rarely gets past the first check, so also try objects of
+# paths and operator-like objects, and valid documents with one part damaged.
+FUZZ_DOCS = st.one_of(
+    FUZZ_JSON,
+    st.dictionaries(
+        PATHS | FUZZ_KEYS,
+        FUZZ_JSON | st.dictionaries(FUZZ_KEYS, FUZZ_JSON, max_size=3),
+        max_size=4,
+    ),
+    damaged_docs(),
+)
+
+
 @PROPERTY
-@given(doc=FUZZ_JSON, envelope=WILD_ENVELOPES)
+@given(doc=FUZZ_DOCS, envelope=WILD_ENVELOPES)
 def test_any_json_document_compiles_or_raises_filter_error(doc, envelope):
     """Arbitrary JSON either compiles to a predicate returning a bool, or raises FilterError."""
     try:
