@@ -106,6 +106,7 @@ class Dispatcher:
         self.slots = asyncio.Semaphore(config.delivery.max_in_flight)
         self.max_events = config.batch.max_events
         self.max_wait = config.batch.max_wait
+        self.speed = clock.speed
         self.max_bytes = config.delivery.max_payload_bytes
         self.per_webhook = config.delivery.max_in_flight_per_webhook
         self.matcher = Matcher((), _compile_filter)

@@ -53,6 +53,8 @@ class Host(Protocol):
 
     max_events: int
     max_wait: float
+    #: Clock seconds per real second (1 in production).
+    speed: float
     max_bytes: int
     per_webhook: int
     slots: asyncio.Semaphore
@@ -98,6 +100,9 @@ class Lane:
         self._wake.set()
 
     async def _sleep(self, timeout: float | None) -> None:
+        """Wait ``timeout`` clock seconds, or until poked."""
+        if timeout is not None:
+            timeout /= self.host.speed
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout)
 

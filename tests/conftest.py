@@ -184,9 +184,9 @@ def insert_raw(config: Config, rows: list[tuple[Any, Any, Any]]) -> None:
         conn.close()
 
 
-async def drain(config: Config, store: Store, timeout: float = 30.0) -> Dispatcher:
+async def drain(config: Config, store: Store, timeout: float = 30.0, **kw: Any) -> Dispatcher:
     """Run the real dispatcher until nothing is left to do."""
-    dispatcher = Dispatcher(config, store)
+    dispatcher = Dispatcher(config, store, **kw)
     await asyncio.wait_for(dispatcher.run(until_idle=True), timeout)
     return dispatcher
 
