@@ -94,7 +94,8 @@ def validate_url(url: str, *, allow_http: bool) -> str:
     if not scheme:
         raise UrlError("url: missing scheme (it must start with https://)")
     if scheme == "http" and not allow_http:
-        raise UrlError("url: must be https:// (set delivery.allow_http = true for local development)")
+        raise UrlError(
+            "url: must be https:// (set delivery.allow_http = true for local development)")
     if scheme not in _SCHEME_DEFAULT_PORTS:
         raise UrlError(f"url: unsupported scheme {scheme!r}")
     if "@" in parts.netloc:
@@ -180,7 +181,8 @@ def check_destination(url: str, *, allow_private: bool, resolve: bool = True) ->
         else:
             return
     else:
-        addresses = _resolve(host, parts.port or _SCHEME_DEFAULT_PORTS.get(parts.scheme.lower(), 443))
+        port = parts.port or _SCHEME_DEFAULT_PORTS.get(parts.scheme.lower(), 443)
+        addresses = _resolve(host, port)
     if allow_private:
         return
     for address in addresses:
@@ -301,7 +303,8 @@ def validate_name(name: str) -> str:
         raise ValidationError("name: must not be empty")
     name = name.strip()
     if len(name) > MAX_NAME_LENGTH:
-        raise ValidationError(f"name: must be at most {MAX_NAME_LENGTH} characters, got {len(name)}")
+        raise ValidationError(
+            f"name: must be at most {MAX_NAME_LENGTH} characters, got {len(name)}")
     if not name.isprintable():
         raise ValidationError("name: must not contain control characters")
     return name
@@ -317,7 +320,8 @@ def validate_org(organization_id: str) -> str:
             f"got {len(organization_id)}")
     if _has_blank_or_control(organization_id):
         raise ValidationError(
-            f"organization_id: must not contain spaces or control characters, got {organization_id!r}")
+            "organization_id: must not contain spaces or control characters, "
+            f"got {organization_id!r}")
     return organization_id
 
 
@@ -325,7 +329,8 @@ def validate_rate_limit(n: int) -> int:
     """Return ``n`` if it is a sane per-webhook limit in events per minute."""
     if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_RATE_LIMIT:
         raise ValidationError(
-            f"rate_limit: must be an integer from 1 to {MAX_RATE_LIMIT} events per minute, got {n!r}")
+            f"rate_limit: must be an integer from 1 to {MAX_RATE_LIMIT} events per minute, "
+            f"got {n!r}")
     return n
 
 

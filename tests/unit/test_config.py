@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,8 @@ from nevent_dispatch import config as config_module
 from nevent_dispatch.config import CONFIG_ENV, Config, from_dict, load
 from nevent_dispatch.errors import ConfigError
 
+WriteConfig = Callable[[str], Path]
+
 
 @pytest.fixture(autouse=True)
 def _no_config_env(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -17,7 +20,7 @@ def _no_config_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def write_config(tmp_path: Path):  # type: ignore[no-untyped-def]
+def write_config(tmp_path: Path) -> WriteConfig:
     """Write TOML text to a file and return its path."""
 
     def write(text: str) -> Path:
@@ -44,20 +47,20 @@ def test_no_path_and_no_environment_gives_the_embedded_defaults() -> None:
     assert config.events.extra_types == ()
 
 
-def test_empty_file_gives_the_embedded_defaults(write_config) -> None:  # type: ignore[no-untyped-def]
+def test_empty_file_gives_the_embedded_defaults(write_config: WriteConfig) -> None:
     """Every key is optional."""
     assert load(write_config("")) == Config()
 
 
 def test_environment_variable_names_the_file_when_no_path_is_given(
-        write_config, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+        write_config: WriteConfig, monkeypatch: pytest.MonkeyPatch) -> None:
     """$NEVENT_DISPATCH_CONFIG is read when load() gets no path."""
     path = write_config("[delivery]\ntimeout = 3\n")
     monkeypatch.setenv(CONFIG_ENV, str(path))
     assert load().delivery.timeout == 3.0
 
 
-def test_values_are_coerced_to_the_field_types(write_config) -> None:  # type: ignore[no-untyped-def]
+def test_values_are_coerced_to_the_field_types(write_config: WriteConfig) -> None:
     """Integers become floats where seconds are floats, lists become tuples, strings paths."""
     config = load(write_config(
         '[database]\noutbox = "/srv/app.db"\n'
@@ -90,12 +93,13 @@ def test_values_are_coerced_to_the_field_types(write_config) -> None:  # type: i
     ('[delivery]\nca_file = "/nonexistent/ca.pem"\n', "delivery.ca_file: no such file"),
     ("[batch]\nmax_events = 0\n", "batch.max_events: must be 1..1000, got 0"),
     ("[rate_limit]\nevents_per_minute = 0\n", "rate_limit.events_per_minute: must be 1..10000000"),
-    ('[events]\nextra_types = ["bad type"]\n', "events.extra_types: must hold non-empty type names"),
+    ('[events]\nextra_types = ["bad type"]\n',
+     "events.extra_types: must hold non-empty type names"),
     ('[log]\nformat = "xml"\n', "log.format: must be 'json' or 'console', got 'xml'"),
     ('[log]\nlevel = "loud"\n', "log.level: must be one of debug, info, warning, error"),
 ])
-def test_each_config_error_is_one_line_naming_the_key(write_config, toml: str,
-                                                      message: str) -> None:  # type: ignore[no-untyped-def]
+def test_each_config_error_is_one_line_naming_the_key(write_config: WriteConfig, toml: str,
+                                                      message: str) -> None:
     """Unknown tables and keys, wrong types and impossible values name the dotted key."""
     with pytest.raises(ConfigError) as info:
         load(write_config(toml))
@@ -118,7 +122,7 @@ def test_directory_instead_of_a_file_is_a_one_line_error(tmp_path: Path) -> None
     assert "\n" not in str(info.value)
 
 
-def test_invalid_toml_is_a_one_line_error_with_the_position(write_config) -> None:  # type: ignore[no-untyped-def]
+def test_invalid_toml_is_a_one_line_error_with_the_position(write_config: WriteConfig) -> None:
     """A TOML syntax error names the file and where the parser stopped."""
     path = write_config("[delivery]\ntimeout = = 3\n")
     with pytest.raises(ConfigError) as info:

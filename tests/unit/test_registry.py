@@ -5,6 +5,8 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -47,7 +49,8 @@ def test_http_url_is_refused_unless_allow_http() -> None:
         validate_url("http://hooks.example.com/x", allow_http=False)
     assert str(info.value) == (
         "url: must be https:// (set delivery.allow_http = true for local development)")
-    assert validate_url("http://hooks.example.com/x", allow_http=True) == "http://hooks.example.com/x"
+    url = "http://hooks.example.com/x"
+    assert validate_url(url, allow_http=True) == url
 
 
 @pytest.mark.parametrize(("url", "message"), [
@@ -185,8 +188,8 @@ def _no_dns(*args: object, **kwargs: object) -> None:
     raise AssertionError("no DNS query expected")
 
 
-def _fake_dns(table: dict[str, list[str]]):  # type: ignore[no-untyped-def]
-    def getaddrinfo(host: str, port: int, *args: object, **kwargs: object) -> list[tuple]:  # type: ignore[type-arg]
+def _fake_dns(table: dict[str, list[str]]) -> Callable[..., list[tuple[Any, ...]]]:
+    def getaddrinfo(host: str, port: int, *args: object, **kwargs: object) -> list[tuple[Any, ...]]:
         if host not in table:
             raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
         return [
@@ -232,7 +235,8 @@ def test_typo_in_an_event_type_is_refused_with_a_did_you_mean_hint() -> None:
 
 def test_unknown_event_type_without_a_close_match_points_to_extra_types() -> None:
     """A name nothing like a known type says how to subscribe to a custom type."""
-    with pytest.raises(ValidationError, match=r"unknown event type 'zzz' \(add it to events.extra_types"):
+    hint = r"unknown event type 'zzz' \(add it to events.extra_types"
+    with pytest.raises(ValidationError, match=hint):
         parse_events("zzz")
 
 
