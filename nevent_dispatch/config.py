@@ -9,6 +9,7 @@ databases or sockets: the values it checks are values, not resources.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -133,8 +134,8 @@ def _coerce(key: str, value: Any, default: Any, hint: str) -> Any:
     if hint.startswith("tuple[float"):
         _check(key, isinstance(value, list), "must be a list of seconds", value)
         for item in value:
-            _check(key, isinstance(item, int | float) and not isinstance(item, bool),
-                   "must be a list of numbers", value)
+            _check(key, isinstance(item, int | float) and not isinstance(item, bool)
+                   and math.isfinite(item), "must be a list of finite numbers", value)
         return tuple(float(v) for v in value)
     if hint.startswith("tuple[str"):
         _check(key, isinstance(value, list) and all(isinstance(v, str) for v in value),
@@ -150,7 +151,8 @@ def _coerce(key: str, value: Any, default: Any, hint: str) -> Any:
         _check(key, isinstance(value, int) and not isinstance(value, bool), "must be an integer", value)
         return value
     if hint == "float":
-        _check(key, isinstance(value, int | float) and not isinstance(value, bool), "must be a number", value)
+        _check(key, isinstance(value, int | float) and not isinstance(value, bool)
+               and math.isfinite(value), "must be a finite number", value)
         return float(value)
     raise AssertionError(f"no coercion for {key} ({hint})")  # pragma: no cover - a bug
 

@@ -54,7 +54,11 @@ async def _connect(path: Path, busy_timeout: float) -> aiosqlite.Connection:
         db = await aiosqlite.connect(path, isolation_level=None)
     except (OSError, sqlite3.Error) as exc:
         raise StoreError(f"database: cannot open {str(path)!r}: {exc}") from None
-    await db.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+    try:
+        await db.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+    except BaseException:
+        await db.close()  # its thread would keep the process alive
+        raise
     return db
 
 

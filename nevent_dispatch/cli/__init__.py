@@ -1,0 +1,118 @@
+"""The ``nevent-dispatch`` command: one function per verb, registered in ``COMMANDS``.
+
+Owns argument parsing, the choice of config file (``--config``, else
+$NEVENT_DISPATCH_CONFIG, else the embedded defaults), the text and ``--json``
+renderings, and the one place where errors become exit codes:
+
+    0    done
+    1    refused input or unknown id (any ``DispatchError`` but a config error)
+    2    bad command line or bad config
+    70   internal error (a bug); traceback with NEVENT_DISPATCH_DEBUG=1
+    130  interrupted
+
+It must not validate webhooks (``registry.py`` does) or run SQL (``store.py``
+does). It reads the wall clock (``clock.SYSTEM``) once per command and hands
+it down. Nothing here prints a secret, except the generated one, once, at
+creation.
+
+To add a command: write ``_cmd_name(args, config) -> int`` and, if it takes
+options, ``_args_name(parser)``, then add a ``Command`` to ``COMMANDS``. A
+command path of two words (``("deliveries", "list")``) puts it under a group
+whose help is in ``GROUPS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+
+from ..config import CONFIG_ENV, load
+from ..errors import ConfigError, DispatchError
+from . import deliveries, local, webhooks
+from .common import (
+    DEBUG_ENV,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_REFUSED,
+    EXIT_USAGE,
+    PROG,
+    Command,
+)
+
+# -- registration ----------------------------------------------------------------------------
+
+#: Help of the command groups (first word of a two-word command).
+GROUPS: dict[str, str] = {
+    "webhooks": "create, inspect, change and test webhooks",
+    "deliveries": "inspect the delivery history and retry failed deliveries",
+}
+
+#: Every command, in the order ``--help`` lists them.
+COMMANDS: tuple[Command, ...] = (
+    *webhooks.COMMANDS[:1], *deliveries.COMMANDS[:1], *local.COMMANDS,
+    *webhooks.COMMANDS[1:], *deliveries.COMMANDS[1:],
+)
+
+
+def build_parser(commands: Sequence[Command] = COMMANDS) -> argparse.ArgumentParser:
+    """The argument parser: ``--config`` is accepted before or after the command."""
+    # Sub-parsers must not overwrite a --config given before the command with their default.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS,
+                        help=f"TOML config file (default: ${CONFIG_ENV}, else built-in defaults)")
+
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Webhook delivery daemon of the Nevent platform.")
+    parser.add_argument("--config", metavar="PATH", default=None,
+                        help=f"TOML config file (default: ${CONFIG_ENV}, else built-in defaults)")
+    top = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    groups: dict[str, argparse._SubParsersAction[argparse.ArgumentParser]] = {}
+    for command in commands:
+        *group_path, verb = command.path
+        actions = top
+        if group_path:
+            (group,) = group_path
+            if group not in groups:
+                group_parser = top.add_parser(group, help=GROUPS.get(group), parents=[common],
+                                              description=GROUPS.get(group))
+                groups[group] = group_parser.add_subparsers(
+                    title="commands", metavar="COMMAND", required=True)
+            actions = groups[group]
+        sub = actions.add_parser(verb, help=command.help, description=command.help,
+                                 parents=[common])
+        command.arguments(sub)
+        sub.set_defaults(handler=command.run)
+    return parser
+
+
+def fail(message: str) -> None:
+    line = " ".join(message.split("\n"))
+    print(f"{PROG}: {line}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; return its exit status (usage errors exit 2 through argparse)."""
+    args = build_parser().parse_args(argv)
+    try:
+        config = load(args.config)
+        return int(args.handler(args, config))
+    except ConfigError as exc:
+        fail(str(exc))
+        return EXIT_USAGE
+    except DispatchError as exc:
+        fail(str(exc))
+        return EXIT_REFUSED
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        if os.environ.get(DEBUG_ENV) == "1":
+            traceback.print_exc()
+        fail(f"internal error: {type(exc).__name__}: {exc}")
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""Local testing without tunnels: ``emit``, ``listen`` and ``demo``.
+
+Owns the commands a newcomer runs first. ``emit`` goes through ``publish()``
+like the application; ``listen`` is ``receiver.serve``; ``demo`` wires both to
+the real dispatcher. It must not reimplement any of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import io
+import shutil
+import socket
+import sqlite3
+import sys
+from pathlib import Path
+
+import orjson
+
+from .. import logs, receiver, registry
+from ..catalog import EVENT_TYPES
+from ..config import Config
+from ..dispatcher import Dispatcher
+from ..errors import DispatchError, ValidationError
+from ..publish import publish
+from ..samples import sample_data
+from ..store import Store
+from .common import EXIT_OK, Command, add_json, now, print_json
+
+
+def _args_emit(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("type", metavar="TYPE", help="event type, e.g. purchase.completed")
+    parser.add_argument("--org", required=True, metavar="ORG", help="organization id")
+    parser.add_argument("--data", metavar="JSON",
+                        help="the event's data object (default: a realistic sample of TYPE)")
+    parser.add_argument("--count", type=int, default=1, metavar="N", help="insert N events")
+    add_json(parser)
+
+
+def _cmd_emit(args: argparse.Namespace, config: Config) -> int:
+    if not 1 <= args.count <= 10_000_000:
+        raise ValidationError(f"count: must be 1..10000000, got {args.count}")
+    if args.data is None:
+        data = sample_data(args.type)
+    else:
+        try:
+            data = orjson.loads(args.data)
+        except orjson.JSONDecodeError as exc:
+            raise ValidationError(f"data: not valid JSON: {exc}") from None
+    # The outbox table must exist: the daemon's init creates it, idempotently.
+    asyncio.run(_init(config))
+    conn = sqlite3.connect(config.database.outbox, timeout=config.database.busy_timeout)
+    try:
+        ids = []
+        with conn:
+            for _ in range(args.count):
+                ids.append(publish(conn, args.type, args.org, data))
+    finally:
+        conn.close()
+    if args.json:
+        print_json({"type": args.type, "organization_id": args.org, "outbox_ids": ids[:1000],
+                    "count": len(ids)})
+    else:
+        shown = f"outbox id {ids[0]}" if len(ids) == 1 else f"outbox ids {ids[0]}..{ids[-1]}"
+        print(f"emitted {len(ids)} {args.type} for {args.org} ({shown})")
+    return EXIT_OK
+
+
+async def _init(config: Config) -> None:
+    store = await Store.open(config)
+    await store.close()
+
+
+def _args_listen(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    parser.add_argument("--port", type=int, default=receiver.DEFAULT_PORT,
+                        help=f"port (default {receiver.DEFAULT_PORT})")
+    parser.add_argument("--secret", metavar="S", help="verify signatures with this secret")
+    parser.add_argument("--tls", action="store_true",
+                        help="serve HTTPS with a generated local certificate")
+    parser.add_argument("--status", metavar="CODES",
+                        help="answer these statuses in turn, e.g. 500,500,200")
+    parser.add_argument("--fail-rate", type=float, default=0.0, metavar="P",
+                        help="answer 500 with probability P (0..1)")
+    parser.add_argument("--json", action="store_true", help="one JSON object per request")
+
+
+def _cmd_listen(args: argparse.Namespace, config: Config) -> int:
+    statuses = None
+    if args.status:
+        try:
+            statuses = [int(code) for code in args.status.split(",")]
+        except ValueError:
+            raise ValidationError(f"status: expected codes like 500,200, got {args.status!r}") from None
+        if not all(100 <= code <= 599 for code in statuses):
+            raise ValidationError(f"status: codes must be 100..599, got {args.status!r}")
+    if not 0.0 <= args.fail_rate <= 1.0:
+        raise ValidationError(f"fail-rate: must be between 0 and 1, got {args.fail_rate}")
+    if not 0 <= args.port <= 65535:
+        raise ValidationError(f"port: must be 0..65535, got {args.port}")
+    cert_dir = Path(config.database.state).parent / "listen-tls"
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(receiver.serve(host=args.host, port=args.port, secret=args.secret,
+                                   tls=args.tls, cert_dir=cert_dir, statuses=statuses,
+                                   fail_rate=args.fail_rate, json_lines=args.json))
+    return EXIT_OK
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _args_demo(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--org", default="org_demo", help="organization of the demo events")
+
+
+def _cmd_demo(args: argparse.Namespace, config: Config) -> int:
+    return asyncio.run(_demo(args.org, config))
+
+
+async def _demo(org: str, config: Config) -> int:
+    """Receiver, webhook, one event of each type, the daemon until delivered; then tidy up."""
+    logs.configure(fmt="console", level="warning", stream=io.StringIO())
+    tls = shutil.which("openssl") is not None
+    port = _free_port()
+    cert_dir = Path(config.database.state).parent / "listen-tls"
+    ca_file = None
+    if tls:
+        _, ca_file = await asyncio.to_thread(receiver.make_ssl_context, cert_dir)
+    # The demo talks to 127.0.0.1: allow it for this command only.
+    demo_config = config.replace(delivery={"allow_private_networks": True, "allow_http": not tls,
+                                           "ca_file": ca_file})
+    secret = registry.generate_secret()
+    printed = io.StringIO()
+    ready, stop = asyncio.Event(), asyncio.Event()
+    server = asyncio.create_task(receiver.serve(
+        port=port, secret=secret, tls=tls, cert_dir=cert_dir, out=printed, ready=ready, stop=stop))
+    store = await Store.open(demo_config)
+    webhook = None
+    try:
+        await asyncio.wait_for(ready.wait(), 30)
+        url = f"{'https' if tls else 'http'}://127.0.0.1:{port}/webhooks/nevent"
+        webhook, _ = await registry.create(store, demo_config, organization_id=org, url=url,
+                                           name="demo receiver", secret=secret, now=now())
+        await registry.set_active(store, webhook.id, True, now())
+        print(f"1. local receiver on {url} (signature check on)")
+        print(f"2. webhook {webhook.id} created and enabled for {org}")
+        conn = sqlite3.connect(demo_config.database.outbox, timeout=config.database.busy_timeout)
+        try:
+            with conn:
+                for event_type in EVENT_TYPES:
+                    publish(conn, event_type, org, sample_data(event_type))
+        finally:
+            conn.close()
+        print(f"3. emitted one event of each of the {len(EVENT_TYPES)} types")
+        print("4. running the daemon until every event is delivered...\n")
+        dispatcher = Dispatcher(demo_config, store)
+        await asyncio.wait_for(dispatcher.run(until_idle=True), 120)
+        print(printed.getvalue().rstrip())
+        stats = dispatcher.stats
+        print(f"\ndelivered {stats['delivered']} of {stats['attempts']} attempts; "
+              f"see them with: nevent-dispatch deliveries list --webhook {webhook.id}")
+    except asyncio.TimeoutError:
+        raise DispatchError("demo: timed out waiting for deliveries") from None
+    finally:
+        stop.set()
+        await asyncio.gather(server, return_exceptions=True)
+        if webhook is not None:
+            await registry.set_active(store, webhook.id, False, now())
+        await store.close()
+    return EXIT_OK
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command(("emit",), "insert an event into the outbox (a realistic sample by default)",
+            _cmd_emit, _args_emit),
+    Command(("listen",), "receive, verify and print webhooks locally", _cmd_listen, _args_listen),
+    Command(("demo",), "see it work: local receiver, webhook, 17 events, delivered",
+            _cmd_demo, _args_demo),
+)
