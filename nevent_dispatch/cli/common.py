@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
-import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,8 +18,7 @@ import orjson
 
 from .. import registry
 from ..clock import SYSTEM
-from ..config import CONFIG_ENV, Config, load
-from ..errors import ConfigError, DispatchError, ValidationError
+from ..config import Config
 from ..models import Webhook
 from ..store import Store
 

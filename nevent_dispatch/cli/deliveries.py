@@ -15,7 +15,7 @@ from typing import Any
 from .. import daemon, logs
 from ..catalog import EVENT_TYPES
 from ..config import Config
-from ..dispatcher import send_test
+from ..attempts import send_test
 from ..errors import ValidationError
 from ..models import Attempt, Delivery, State
 from ..store import Store

@@ -14,7 +14,6 @@ import io
 import shutil
 import socket
 import sqlite3
-import sys
 from pathlib import Path
 
 import orjson

@@ -1,0 +1,94 @@
+"""What one attempt means: the delivery's next state, its history rows, its log line.
+
+Owns the consequences of an attempt's ``Result`` — pure functions shared by the
+dispatcher and by ``webhooks test`` (``send_test``, one recorded attempt outside
+the daemon). It must not schedule, queue or wait.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import orjson
+
+from . import retry
+from .clock import SYSTEM, Clock
+from .config import Config
+from .lanes import Job
+from .logs import get_logger
+from .models import Delivery, Kind, Outcome, State, Webhook
+from .sender import Result, Sender, make_session
+from .store import Store
+
+log = get_logger("nevent_dispatch")
+
+
+def settle(job: Job, webhook: Webhook, result: Result, config: Config) -> tuple[State, float | None]:
+    """A delivery's state after an attempt, and when to try again."""
+    if result.outcome is Outcome.SUCCESS:
+        return State.DELIVERED, None
+    next_at = retry.next_attempt_at(
+        attempts_in_round=job.attempts + 1 - job.retry_base,
+        schedule=config.delivery.retry_schedule,
+        retries=webhook.retries and job.kind is not Kind.TEST,
+        outcome=result.outcome, now=result.started_at, retry_after=result.retry_after)
+    return (State.FAILED, None) if next_at is None else (State.PENDING, next_at)
+
+
+def result_rows(job: Job, result: Result, state: State, next_at: float | None,
+                now: float) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    """The attempts row and the deliveries update for one attempt."""
+    number = job.attempts + 1
+    attempt = (job.delivery_id, number, result.started_at, round(result.latency_ms, 3),
+               result.outcome.value, result.status, result.error, result.response)
+    finish = (state.value, number, next_at, now, result.status, result.error, job.delivery_id)
+    return attempt, finish
+
+
+def log_attempt(job: Job, webhook_id: str, result: Result, state: State,
+                next_at: float | None) -> None:
+    """The one canonical line per attempt."""
+    log.info("attempt", event_id=job.event_id, delivery_id=job.uuid, webhook_id=webhook_id,
+             event_type=job.event_type, events=job.event_count, attempt=job.attempts + 1,
+             status=result.status, latency_ms=round(result.latency_ms, 1),
+             outcome=result.outcome.value, state=state.value, error=result.error,
+             next_at=next_at)
+
+
+def new_delivery_row(*, webhook_id: str | None, kind: Kind, event_type: str, event_id: str | None,
+                     outbox_id: int | None, event_count: int, state: State, now: float,
+                     error: str | None = None, body: bytes | None = None) -> tuple[Any, ...]:
+    """A deliveries row (without its id) as ``Store.record_intake`` and friends take it."""
+    return (str(uuid.uuid4()), webhook_id, kind.value, event_type, event_id, outbox_id,
+            event_count, state.value, None, now, now, error, body)
+
+
+async def send_test(config: Config, store: Store, webhook: Webhook, event_type: str, *,
+                    clock: Clock = SYSTEM) -> tuple[Delivery, Result]:
+    """Send a sample event to one webhook now (active or not), recorded in its history.
+
+    It goes through the same sender, signing and recording as real events; it is
+    attempted once and never retried.
+    """
+    from .samples import sample_envelope
+
+    now = clock.time()
+    body = orjson.dumps(sample_envelope(event_type, webhook.organization_id, created=int(now)))
+    if len(body) > config.delivery.max_payload_bytes:  # pragma: no cover - samples are small
+        raise ValueError("sample event larger than delivery.max_payload_bytes")
+    envelope = orjson.loads(body)
+    row = new_delivery_row(webhook_id=webhook.id, kind=Kind.TEST, event_type=event_type,
+                           event_id=envelope["id"], outbox_id=None, event_count=1,
+                           state=State.DELIVERING, now=now, body=body)
+    delivery_id = await store.insert_delivery(row)
+    job = Job(delivery_id, row[0], Kind.TEST, event_type, envelope["id"], body, 1, 0, 0)
+    async with make_session(config.delivery) as session:
+        result = await Sender(session, config.delivery, clock).send(
+            url=webhook.url, secret=webhook.secret, body=body, event_type=event_type,
+            delivery_uuid=job.uuid)
+    state, next_at = settle(job, webhook, result, config)
+    attempt, finish = result_rows(job, result, state, next_at, clock.time())
+    await store.record_results([attempt], [finish])
+    log_attempt(job, webhook.id, result, state, next_at)
+    return await store.get_delivery(delivery_id), result
