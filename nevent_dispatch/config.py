@@ -166,7 +166,7 @@ def from_dict(raw: dict[str, Any]) -> Config:
             raise ConfigError(f"{table}: unknown table (known: {', '.join(known_tables)})")
         if not isinstance(values, dict):
             raise ConfigError(f"{table}: must be a table, got {values!r}")
-        cls = known_tables[table].default_factory  # type: ignore[misc]
+        cls: Any = known_tables[table].default_factory
         fields = {f.name: f for f in dataclasses.fields(cls)}
         kwargs = {}
         for key, value in values.items():

@@ -18,11 +18,11 @@ from typing import Any
 
 import aiohttp
 
+from .attempts import log_attempt, new_delivery_row, result_rows, settle
 from .clock import SYSTEM, Clock
 from .config import Config
 from .envelope import BATCH_OVERHEAD, Rejection, batch_body, parse_row
 from .lanes import Item, Job, Lane
-from .attempts import log_attempt, new_delivery_row, result_rows, settle
 from .logs import get_logger
 from .matcher import Matcher
 from .models import Delivery, Kind, Outcome, State, Webhook
@@ -158,7 +158,7 @@ class Dispatcher:
         while not self._stopping.is_set():
             await asyncio.sleep(0.05)
             busy = (not self._reader or not self._reader.caught_up or self._inflight
-                    or len(self._recorder) or any(l.queue or l.spilled for l in self.lanes.values()))
+                    or len(self._recorder) or any(ln.queue or ln.spilled for ln in self.lanes.values()))
             if busy or await self.store.pending_count():
                 quiet = 0
                 continue
@@ -343,8 +343,10 @@ class Dispatcher:
         spills = lane.spills
         room = lane.cap - len(lane.queue)
         webhook_id = lane.webhook.id
+        count: int
         if lane.webhook.batch:
             rows = await self.store.spilled_items(webhook_id, lane.mark, room)
+            count = len(rows)
             events = await self._events(r[1] for r in rows)
             mono = self.clock.monotonic()
             for item_id, outbox_id, event_id, event_type in rows:
@@ -354,14 +356,16 @@ class Dispatcher:
                     lane.queue.append(Item(item_id, outbox_id, event_id, event_type, body, mono))
         else:
             deliveries = await self.store.spilled_deliveries(webhook_id, lane.mark, room)
+            count = len(deliveries)
             for delivery, job in await self._jobs(deliveries):
                 lane.mark = delivery.id
-                if job is not None:
+                if job is None:
+                    self._gone(delivery, lane.webhook)
+                else:
                     lane.queue.append(job)
-            rows = deliveries
-        if len(rows) < room and lane.spills == spills:
+        if count < room and lane.spills == spills:
             lane.spilled = False
-        return len(rows)
+        return count
 
     async def make_batch(self, lane: Lane, items: list[Item]) -> Job:
         """Record a batch of waiting events as one delivery before it is sent."""

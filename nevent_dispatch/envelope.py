@@ -57,7 +57,7 @@ def parse_row(row: Sequence[Any], max_payload_bytes: int) -> Event | Rejection:
     org, why_org = _text(raw_org, "organization_id")
     reason = why or why_type or why_org
     if reason is None:
-        if not type_ or not type_.strip() or "\x00" in type_:  # type: ignore[operator]
+        if not type_ or not type_.strip() or "\x00" in type_:
             reason = "type is empty" if not (type_ or "").strip() else "type contains a NUL byte"
         elif not org or not org.strip():
             reason = "organization_id is empty"

@@ -325,7 +325,7 @@ def _same(value: Any, operand: Any) -> bool:
         return (
             isinstance(value, list)
             and len(value) == len(operand)
-            and all(_same(v, o) for v, o in zip(value, operand))
+            and all(_same(v, o) for v, o in zip(value, operand, strict=True))
         )
     return (
         isinstance(value, Mapping)

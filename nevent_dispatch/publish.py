@@ -25,11 +25,13 @@ def publish(conn: sqlite3.Connection, type: str, organization_id: str,
     and disappears with it on rollback.
     """
     if not isinstance(type, str) or not type.strip() or type != type.strip():
-        raise ValidationError(f"publish: type must be a non-empty name without surrounding spaces, got {type!r}")
+        raise ValidationError(
+            f"publish: type must be a non-empty name without surrounding spaces, got {type!r}")
     if not isinstance(organization_id, str) or not organization_id.strip():
         raise ValidationError(f"publish: organization_id must be a non-empty string, got {organization_id!r}")
     if not isinstance(data, Mapping):
-        raise ValidationError(f"publish: data must be a JSON object (a mapping), got {data.__class__.__name__}")
+        raise ValidationError(
+            f"publish: data must be a JSON object (a mapping), got {data.__class__.__name__}")
     try:
         text = orjson.dumps(data).decode()
     except TypeError as exc:

@@ -24,7 +24,7 @@ import tempfile
 import time
 import unicodedata
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -133,7 +133,7 @@ def _text_line(record: dict[str, Any], received_at: float) -> str:
 
 
 def _iso_utc(at: float) -> str:
-    stamp = datetime.fromtimestamp(at, timezone.utc).isoformat(timespec="milliseconds")
+    stamp = datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds")
     return stamp.replace("+00:00", "Z")
 
 

@@ -11,7 +11,6 @@ import asyncio
 import ipaddress
 import socket
 import ssl
-
 from dataclasses import dataclass
 from typing import Any
 

@@ -13,9 +13,9 @@ from datetime import datetime
 from typing import Any
 
 from .. import daemon, logs
+from ..attempts import send_test
 from ..catalog import EVENT_TYPES
 from ..config import Config
-from ..attempts import send_test
 from ..errors import ValidationError
 from ..models import Attempt, Delivery, State
 from ..store import Store

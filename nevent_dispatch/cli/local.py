@@ -163,7 +163,7 @@ async def _demo(org: str, config: Config) -> int:
         stats = dispatcher.stats
         print(f"\ndelivered {stats['delivered']} of {stats['attempts']} attempts; "
               f"see them with: nevent-dispatch deliveries list --webhook {webhook.id}")
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise DispatchError("demo: timed out waiting for deliveries") from None
     finally:
         stop.set()

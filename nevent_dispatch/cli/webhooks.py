@@ -13,9 +13,9 @@ from ..errors import ValidationError
 from ..models import Webhook
 from ..store import Store
 from .common import (
-    Command,
     EXIT_OK,
     PROG,
+    Command,
     add_json,
     add_webhook_id,
     now,
@@ -27,7 +27,6 @@ from .common import (
     with_store,
     yes_no,
 )
-
 
 # -- init ------------------------------------------------------------------------------------
 
