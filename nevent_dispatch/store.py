@@ -55,7 +55,7 @@ async def _connect(path: Path, busy_timeout: float) -> aiosqlite.Connection:
     except (OSError, sqlite3.Error) as exc:
         raise StoreError(f"database: cannot open {str(path)!r}: {exc}") from None
     try:
-        await db.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+        await db.execute_fetchall(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
     except BaseException:
         await db.close()  # its thread would keep the process alive
         raise
@@ -129,7 +129,7 @@ class Store:
         try:
             if migrate:
                 await store.migrate()
-            await state.execute("PRAGMA synchronous = NORMAL")
+            await state.execute_fetchall("PRAGMA synchronous = NORMAL")
         except BaseException:
             await store.close()
             raise
@@ -145,7 +145,8 @@ class Store:
         try:
             # WAL lets the daemon read while the application writes, never blocking its commits.
             for db in (self._outbox, self._state):
-                await db.execute("PRAGMA journal_mode = WAL")
+                # Fetched to the end: a statement left open would hold a read lock.
+                await db.execute_fetchall("PRAGMA journal_mode = WAL")
             await self._outbox.executescript(OUTBOX_SCHEMA)
             async with self._write_lock:
                 row = await (await self._state.execute("PRAGMA user_version")).fetchone()

@@ -93,8 +93,9 @@ def _cmd_listen(args: argparse.Namespace, config: Config) -> int:
             statuses = [int(code) for code in args.status.split(",")]
         except ValueError:
             raise ValidationError(f"status: expected codes like 500,200, got {args.status!r}") from None
-        if not all(100 <= code <= 599 for code in statuses):
-            raise ValidationError(f"status: codes must be 100..599, got {args.status!r}")
+        # 1xx are interim answers, never a final status: the receiver refuses them too.
+        if not all(200 <= code <= 599 for code in statuses):
+            raise ValidationError(f"status: codes must be 200..599, got {args.status!r}")
     if not 0.0 <= args.fail_rate <= 1.0:
         raise ValidationError(f"fail-rate: must be between 0 and 1, got {args.fail_rate}")
     if not 0 <= args.port <= 65535:

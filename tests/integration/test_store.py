@@ -1,0 +1,92 @@
+"""The store on real SQLite files: migrations, pragmas, permissions, the public API."""
+
+from __future__ import annotations
+
+import sqlite3
+import stat
+from pathlib import Path
+
+import pytest
+
+import nevent_dispatch
+from nevent_dispatch.config import Config, load
+from nevent_dispatch.store import SCHEMA_VERSION, Store, StoreError
+
+
+def _config(tmp_path: Path, same_file: bool = False) -> Config:
+    state = tmp_path / ("app.db" if same_file else "state.db")
+    return Config().replace(database={"outbox": tmp_path / "app.db", "state": state})
+
+
+async def test_init_creates_every_table_from_empty_files_and_is_idempotent(tmp_path):
+    """Opening twice migrates once; the outbox table is exactly the contract's."""
+    config = _config(tmp_path)
+    for _ in range(2):
+        store = await Store.open(config)
+        await store.migrate()
+        await store.close()
+    state = sqlite3.connect(config.database.state)
+    tables = {r[0] for r in state.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"webhooks", "deliveries", "attempts", "batch_items", "meta"} <= tables
+    assert state.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert state.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    app = sqlite3.connect(config.database.outbox)
+    columns = [r[1] for r in app.execute("PRAGMA table_info(outbox)")]
+    assert columns == ["id", "event_id", "type", "organization_id", "data", "created"]
+    assert app.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+async def test_outbox_and_state_may_share_one_file(tmp_path):
+    """database.state may be the application's own file."""
+    config = _config(tmp_path, same_file=True)
+    store = await Store.open(config)
+    try:
+        assert await store.cursor() == 0
+        assert await store.outbox_page(0, 10) == []
+    finally:
+        await store.close()
+
+
+async def test_a_newer_schema_is_refused_with_a_clear_error(tmp_path):
+    """A state database from a newer nevent-dispatch is not touched."""
+    config = _config(tmp_path)
+    conn = sqlite3.connect(config.database.state)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(StoreError, match="newer than this nevent-dispatch understands"):
+        await Store.open(config)
+
+
+async def test_databases_created_by_the_daemon_are_private(tmp_path):
+    """Files the daemon creates are readable by their owner only."""
+    config = _config(tmp_path)
+    store = await Store.open(config)
+    await store.close()
+    for path in tmp_path.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, path
+
+
+def test_example_config_loads_to_exactly_the_defaults():
+    """config.example.toml documents every key with its default value."""
+    example = Path(__file__).parents[2] / "config.example.toml"
+    assert load(example) == Config()
+
+
+def test_example_config_mentions_every_key():
+    """No key is missing from config.example.toml."""
+    import dataclasses
+
+    text = (Path(__file__).parents[2] / "config.example.toml").read_text()
+    for table in dataclasses.fields(Config):
+        assert f"[{table.name}]" in text
+        for key in dataclasses.fields(getattr(Config(), table.name)):
+            assert f"\n{key.name} = " in text, f"{table.name}.{key.name}"
+
+
+def test_public_api_is_pinned():
+    """The package exports publish, verify, sign and the signature errors, nothing else."""
+    assert sorted(nevent_dispatch.__all__) == sorted([
+        "BadSignature", "DispatchError", "MalformedHeader", "SignatureError", "StaleTimestamp",
+        "ValidationError", "__version__", "publish", "sign", "verify"])
+    for name in nevent_dispatch.__all__:
+        assert hasattr(nevent_dispatch, name)
