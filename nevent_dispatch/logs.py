@@ -17,12 +17,23 @@ import structlog
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
            "error": logging.ERROR}
 _SECRET_WORDS = ("secret", "password", "token", "authorization", "signature")
+#: Verdicts per key name: log lines reuse a handful of keys, so each is judged once.
+_SECRET_KEYS: dict[str, bool] = {}
+
+
+def _names_secret(key: str) -> bool:
+    verdict = _SECRET_KEYS.get(key)
+    if verdict is None:
+        verdict = any(word in key.lower() for word in _SECRET_WORDS)
+        if len(_SECRET_KEYS) < 10_000:
+            _SECRET_KEYS[key] = verdict
+    return verdict
 
 
 def _drop_secrets(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
     """Mask any key that names a secret, whatever a caller passed."""
     for key in event:
-        if any(word in key.lower() for word in _SECRET_WORDS):
+        if _names_secret(key):
             event[key] = "[masked]"
     return event
 
