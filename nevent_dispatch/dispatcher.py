@@ -221,7 +221,8 @@ class Dispatcher:
         return lane
 
     def _run_lane(self, lane: Lane) -> None:
-        if (lane.task is None or lane.task.done()) and not self._stopping.is_set():
+        if (lane.task is None or lane.task.done()) and not self._stopping.is_set() \
+                and not lane.retired:
             lane.task = asyncio.create_task(lane.run(), name=f"lane-{lane.webhook.id}")
             self._lane_tasks.add(lane.task)
             lane.task.add_done_callback(self._lane_done)
@@ -234,6 +235,7 @@ class Dispatcher:
 
     async def _retire(self, lane: Lane, now: float) -> None:
         """A webhook went away, was disabled or changed mode: its claimed work goes back."""
+        lane.retired = True
         if lane.task is not None:
             lane.task.cancel()
             await asyncio.gather(lane.task, return_exceptions=True)

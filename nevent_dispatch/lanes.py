@@ -81,6 +81,8 @@ class Lane:
         self.spills = 0
         #: The highest delivery (or batch item) id this lane has taken; refills read above it.
         self.mark = mark
+        #: Set when the webhook went away or changed mode: the lane takes no more work.
+        self.retired = False
         self._wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
 
@@ -128,7 +130,7 @@ class Lane:
         """Send the queue's head whenever it may go; return when the lane is empty."""
         host = self.host
         idle_refills = 0
-        while not host.stopping():
+        while not host.stopping() and not self.retired:
             self._wake.clear()
             if self.spilled and len(self.queue) < self.cap // 2:
                 if await host.refill(self) == 0 and not self.queue:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import orjson
 from aiohttp import web
@@ -143,3 +144,41 @@ async def test_vip_tickets_filter(store, make_receiver, make_webhook):
                         ("purchase.completed", "org_a", vip)])
     await drain(store.config, store)
     assert [e["data"]["purchase"]["id"] for e in receiver.events()] == ["pur_vip"]
+
+
+async def test_disabling_a_webhook_stops_its_queued_events_and_enabling_resumes_them(
+        store, make_receiver, make_webhook, make_config):
+    """Events queued behind a rate limit wait while the webhook is disabled, then all arrive."""
+    from nevent_dispatch import registry
+    from nevent_dispatch.dispatcher import Dispatcher
+
+    clock = FastClock(speed=20.0)
+    config = make_config(rate_limit={"burst": 5})
+    receiver = await make_receiver()
+    webhook, _ = await make_webhook(store, receiver.url, rate_limit=60)
+    emit(config, [("fan.created", "org_a", {"n": n}) for n in range(40)])
+    dispatcher = Dispatcher(config, store, clock=clock)
+    task = asyncio.create_task(dispatcher.run())
+    try:
+        for _ in range(100):
+            if len(receiver.requests) >= 10:
+                break
+            await asyncio.sleep(0.05)
+        await registry.set_active(store, webhook.id, False, time.time())
+        await asyncio.sleep(1.0)  # the daemon notices within half a second
+        paused_at = len(receiver.requests)
+        await asyncio.sleep(1.0)
+        assert len(receiver.requests) == paused_at < 40
+        await registry.set_active(store, webhook.id, True, time.time())
+        for _ in range(300):
+            if len({e["id"] for e in receiver.events()}) == 40:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)  # let the last results be recorded
+    finally:
+        dispatcher.stop()
+        await asyncio.gather(task, return_exceptions=True)
+    numbers = [e["data"]["n"] for e in receiver.events()]
+    assert sorted(set(numbers)) == list(range(40))
+    counts = await store.counts_by_state()
+    assert counts == {"delivered": 40}
