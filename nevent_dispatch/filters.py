@@ -372,5 +372,45 @@ def _regex(pattern: object, options: object, path: str) -> _ValueTest:
             compiled = re.compile(pattern, flags)
     except (re.error, RecursionError, OverflowError) as exc:
         raise FilterError(f"filter: invalid $regex at {path}: {exc}") from exc
+    if len(pattern) > MAX_REGEX_CHARS:
+        raise FilterError(f"filter: $regex at {path} is longer than {MAX_REGEX_CHARS} characters")
+    if _nested_repeat(pattern, flags):
+        # Python's re has no time limit: one event must not be able to freeze delivery.
+        raise FilterError(f"filter: $regex at {path} repeats a repeated group, which can take "
+                          "exponential time; simplify it (e.g. '(a+)+' to 'a+')")
     search = compiled.search
     return lambda value: isinstance(value, str) and search(value) is not None
+
+
+#: Longest $regex accepted.
+MAX_REGEX_CHARS = 512
+
+
+def _nested_repeat(pattern: str, flags: int) -> bool:
+    """True when a repetition (``*``, ``+``, ``{m,n}``) contains another one."""
+    import re._parser as sre_parse  # the parser re itself uses; stable across 3.11+
+
+    repeats = {sre_parse.MAX_REPEAT, sre_parse.MIN_REPEAT, getattr(sre_parse, "POSSESSIVE_REPEAT", None)}
+
+    def walk(items: object, inside: bool) -> bool:
+        for op, arg in items:  # type: ignore[attr-defined]
+            if op in repeats:
+                low, high, sub = arg
+                unbounded = high == sre_parse.MAXREPEAT or high > 1
+                if inside and unbounded:
+                    return True
+                if walk(sub, inside or unbounded):
+                    return True
+            elif op is sre_parse.SUBPATTERN:
+                children = [arg[-1]]
+            elif op is sre_parse.BRANCH:
+                children = list(arg[1])
+            elif op in (sre_parse.ASSERT, sre_parse.ASSERT_NOT):
+                children = [arg[1]]
+            else:
+                continue
+            if any(walk(child, inside) for child in children):
+                return True
+        return False
+
+    return walk(sre_parse.parse(pattern, flags), False)

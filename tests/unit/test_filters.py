@@ -903,3 +903,22 @@ def test_any_json_document_compiles_or_raises_filter_error(doc, envelope):
 def test_compiled_filter_never_raises_on_arbitrary_envelopes(doc, envelope):
     """A valid filter evaluated on any JSON-like envelope returns a bool and never raises."""
     assert isinstance(compile_filter(doc)(envelope), bool)
+
+
+@pytest.mark.parametrize("pattern", ["(a+)+$", "(a*)*b", "(x|y+)*", "(a{2,})+"])
+def test_regex_with_nested_repetition_is_refused(pattern):
+    """A pattern that can backtrack exponentially would freeze delivery: refused at save time."""
+    with pytest.raises(FilterError, match="repeats a repeated group"):
+        compile_filter({"data.x": {"$regex": pattern}})
+
+
+def test_overlong_regex_is_refused():
+    """Patterns are bounded in length."""
+    with pytest.raises(FilterError, match="longer than 512"):
+        compile_filter({"data.x": {"$regex": "a" * 513}})
+
+
+@pytest.mark.parametrize("pattern", ["a+b+", r"^[a-z]+@nevent\.es$", "(ab)+", "((a)+)?"])
+def test_ordinary_regexes_are_accepted(pattern):
+    """Single-level repetition is fine."""
+    compile_filter({"data.x": {"$regex": pattern}})
