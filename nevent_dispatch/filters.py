@@ -388,28 +388,27 @@ MAX_REGEX_CHARS = 512
 
 def _nested_repeat(pattern: str, flags: int) -> bool:
     """True when a repetition (``*``, ``+``, ``{m,n}``) contains another one."""
-    import re._parser as sre_parse  # the parser re itself uses; stable across 3.11+
+    import re._parser as sre_parse  # type: ignore[import-not-found]  # re's own parser (3.11+)
 
     repeats = {sre_parse.MAX_REPEAT, sre_parse.MIN_REPEAT, getattr(sre_parse, "POSSESSIVE_REPEAT", None)}
 
     def walk(items: object, inside: bool) -> bool:
         for op, arg in items:  # type: ignore[attr-defined]
             if op in repeats:
-                low, high, sub = arg
+                _low, high, sub = arg
                 unbounded = high == sre_parse.MAXREPEAT or high > 1
                 if inside and unbounded:
                     return True
-                if walk(sub, inside or unbounded):
-                    return True
+                children, nested = [sub], inside or unbounded
             elif op is sre_parse.SUBPATTERN:
-                children = [arg[-1]]
+                children, nested = [arg[-1]], inside
             elif op is sre_parse.BRANCH:
-                children = list(arg[1])
+                children, nested = list(arg[1]), inside
             elif op in (sre_parse.ASSERT, sre_parse.ASSERT_NOT):
-                children = [arg[1]]
+                children, nested = [arg[1]], inside
             else:
                 continue
-            if any(walk(child, inside) for child in children):
+            if any(walk(child, nested) for child in children):
                 return True
         return False
 
