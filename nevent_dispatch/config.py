@@ -118,6 +118,13 @@ class Config:
 _LEVELS = ("debug", "info", "warning", "error")
 
 
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer beyond the range of a float
+        return False
+
+
 def _check(key: str, ok: bool, why: str, value: Any) -> None:
     if not ok:
         raise ConfigError(f"{key}: {why}, got {value!r}")
@@ -130,12 +137,13 @@ def _coerce(key: str, value: Any, default: Any, hint: str) -> Any:
         if "None" in hint and value == "":
             return None
         _check(key, value != "", "must not be empty", value)
+        _check(key, "\x00" not in value, "must not contain a NUL character", value)
         return Path(value)
     if hint.startswith("tuple[float"):
         _check(key, isinstance(value, list), "must be a list of seconds", value)
         for item in value:
             _check(key, isinstance(item, int | float) and not isinstance(item, bool)
-                   and math.isfinite(item), "must be a list of finite numbers", value)
+                   and _finite(item), "must be a list of finite numbers", value)
         return tuple(float(v) for v in value)
     if hint.startswith("tuple[str"):
         _check(key, isinstance(value, list) and all(isinstance(v, str) for v in value),
@@ -152,7 +160,7 @@ def _coerce(key: str, value: Any, default: Any, hint: str) -> Any:
         return value
     if hint == "float":
         _check(key, isinstance(value, int | float) and not isinstance(value, bool)
-               and math.isfinite(value), "must be a finite number", value)
+               and _finite(value), "must be a finite number", value)
         return float(value)
     raise AssertionError(f"no coercion for {key} ({hint})")  # pragma: no cover - a bug
 

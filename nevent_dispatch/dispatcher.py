@@ -38,6 +38,8 @@ log = get_logger("nevent_dispatch")
 GLOBAL_QUEUE_CAP = 20_000
 #: Jobs one lane holds in memory before its new work stays in the database.
 LANE_CAP = 512
+#: Outcomes that tie up a connection slot for long: the lane's in-flight limit shrinks.
+SLOW_OUTCOMES = frozenset({Outcome.TIMEOUT, Outcome.CONNECTION_ERROR, Outcome.TLS_ERROR})
 #: Seconds between checks of the webhooks table for changes made by the CLI.
 WEBHOOK_POLL = 0.5
 #: Longest sleep of the scheduler, so replays from the CLI are seen within it.
@@ -425,6 +427,7 @@ class Dispatcher:
             assert self.sender is not None
             result = await self.sender.send(url=webhook.url, secret=webhook.secret, body=job.body,
                                             event_type=job.event_type, delivery_uuid=job.uuid)
+            lane.settled(result.outcome not in SLOW_OUTCOMES)
             self._settle(job, webhook, result)
         finally:
             lane.in_flight -= 1

@@ -61,6 +61,8 @@ def parse_row(row: Sequence[Any], max_payload_bytes: int) -> Event | Rejection:
             reason = "type is empty" if not (type_ or "").strip() else "type contains a NUL byte"
         elif not org or not org.strip():
             reason = "organization_id is empty"
+        elif "\x00" in org:
+            reason = "organization_id contains a NUL byte"
         elif not isinstance(created, int) or isinstance(created, bool):
             reason = f"created is not an integer unix time ({created!r})"
     data: Any = None
@@ -77,7 +79,11 @@ def parse_row(row: Sequence[Any], max_payload_bytes: int) -> Event | Rejection:
                          _printable(org), reason)
     envelope = {"id": event_id, "type": type_, "created": created, "data": data,
                 "organization_id": org}
-    body = orjson.dumps(envelope)
+    try:
+        body = orjson.dumps(envelope)
+    except orjson.JSONEncodeError as exc:  # parsed JSON deeper than orjson serializes
+        return Rejection(outbox_id, event_id, type_, org,  # type: ignore[arg-type]
+                         f"data is nested too deeply to be sent ({exc})")
     if len(body) > max_payload_bytes:
         return Rejection(outbox_id, event_id, type_, org,  # type: ignore[arg-type]
                          f"payload is {len(body)} bytes, over the {max_payload_bytes}-byte limit")

@@ -25,12 +25,11 @@ from __future__ import annotations
 
 import copy
 import operator
-import re
-import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
+import re2
 
 from .errors import FilterError
 
@@ -53,7 +52,8 @@ _ORDERINGS: dict[str, Callable[[Any, Any], bool]] = {
 _FIELD_OPERATORS = frozenset(
     {"$eq", "$ne", "$in", "$nin", "$exists", "$regex", "$options", "$not", *_ORDERINGS}
 )
-_REGEX_FLAGS = {"i": re.IGNORECASE, "m": re.MULTILINE, "s": re.DOTALL, "x": re.VERBOSE}
+#: $options letters, passed to RE2 as inline flags.
+_REGEX_FLAGS = frozenset("ims")
 
 
 def _match_all(envelope: Mapping[str, Any]) -> bool:
@@ -352,7 +352,7 @@ def _ordered(op: str, operand: object, path: str) -> _ValueTest:
 def _regex(pattern: object, options: object, path: str) -> _ValueTest:
     if not isinstance(pattern, str):
         raise FilterError(f"filter: $regex at {path} expects a string, got {_type_name(pattern)}")
-    flags = 0
+    flags = ""
     if options is not None:
         if not isinstance(options, str):
             raise FilterError(
@@ -361,55 +361,24 @@ def _regex(pattern: object, options: object, path: str) -> _ValueTest:
         for letter in options:
             if letter not in _REGEX_FLAGS:
                 raise FilterError(
-                    f"filter: $options at {path} has unsupported flag {letter!r} (allowed: imsx)"
+                    f"filter: $options at {path} has unsupported flag {letter!r} (allowed: ims)"
                 )
-            flags |= _REGEX_FLAGS[letter]
-    try:
-        # A FutureWarning about a construct whose meaning may change one day is
-        # no reason to refuse a pattern that compiles today; re's cache would
-        # make such a refusal depend on what was compiled before anyway.
-        with warnings.catch_warnings(action="ignore"):
-            compiled = re.compile(pattern, flags)
-    except (re.error, RecursionError, OverflowError) as exc:
-        raise FilterError(f"filter: invalid $regex at {path}: {exc}") from exc
+        flags = "".join(sorted(set(options)))
     if len(pattern) > MAX_REGEX_CHARS:
         raise FilterError(f"filter: $regex at {path} is longer than {MAX_REGEX_CHARS} characters")
-    if _nested_repeat(pattern, flags):
-        # Python's re has no time limit: one event must not be able to freeze delivery.
-        raise FilterError(f"filter: $regex at {path} repeats a repeated group, which can take "
-                          "exponential time; simplify it (e.g. '(a+)+' to 'a+')")
+    # RE2 matches in time linear in the input, whatever the pattern: a customer's
+    # filter can never stall delivery with catastrophic backtracking (Python's re can).
+    settings = re2.Options()
+    settings.log_errors = False
+    try:
+        compiled = re2.compile(f"(?{flags}){pattern}" if flags else pattern, settings)
+    except re2.error as exc:
+        reason = exc.args[0].decode("utf-8", "replace") if exc.args and isinstance(
+            exc.args[0], bytes) else str(exc)
+        raise FilterError(f"filter: invalid $regex at {path}: {reason}") from None
     search = compiled.search
     return lambda value: isinstance(value, str) and search(value) is not None
 
 
 #: Longest $regex accepted.
 MAX_REGEX_CHARS = 512
-
-
-def _nested_repeat(pattern: str, flags: int) -> bool:
-    """True when a repetition (``*``, ``+``, ``{m,n}``) contains another one."""
-    import re._parser as sre_parse  # type: ignore[import-not-found]  # re's own parser (3.11+)
-
-    repeats = {sre_parse.MAX_REPEAT, sre_parse.MIN_REPEAT, getattr(sre_parse, "POSSESSIVE_REPEAT", None)}
-
-    def walk(items: object, inside: bool) -> bool:
-        for op, arg in items:  # type: ignore[attr-defined]
-            if op in repeats:
-                _low, high, sub = arg
-                unbounded = high == sre_parse.MAXREPEAT or high > 1
-                if inside and unbounded:
-                    return True
-                children, nested = [sub], inside or unbounded
-            elif op is sre_parse.SUBPATTERN:
-                children, nested = [arg[-1]], inside
-            elif op is sre_parse.BRANCH:
-                children, nested = list(arg[1]), inside
-            elif op in (sre_parse.ASSERT, sre_parse.ASSERT_NOT):
-                children, nested = [arg[1]], inside
-            else:
-                continue
-            if any(walk(child, nested) for child in children):
-                return True
-        return False
-
-    return walk(sre_parse.parse(pattern, flags), False)

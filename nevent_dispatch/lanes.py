@@ -75,6 +75,10 @@ class Lane:
         self.cap = cap
         self.queue: deque[Job | Item] = deque()
         self.in_flight = 0
+        #: Attempts this lane may have in flight: halved when its endpoint times out or
+        #: breaks, grown back by one per success, never above the per-webhook bound. A
+        #: hanging endpoint thus holds one or two of the global slots, not its full share.
+        self.limit = host.per_webhook
         #: Work for this lane was left in the database because the lane was full.
         self.spilled = False
         #: Counts spills, so a refill racing with intake does not clear ``spilled`` too early.
@@ -100,6 +104,13 @@ class Lane:
 
     def poke(self) -> None:
         self._wake.set()
+
+    def settled(self, healthy: bool) -> None:
+        """Adapt the in-flight limit to how the endpoint answered (additive up, halving down)."""
+        if healthy:
+            self.limit = min(self.host.per_webhook, self.limit + 1)
+        else:
+            self.limit = max(1, self.limit // 2)
 
     async def _sleep(self, timeout: float | None) -> None:
         """Wait ``timeout`` clock seconds, or until poked."""
@@ -153,7 +164,7 @@ class Lane:
             if wait > 0:
                 await self._sleep(wait)
                 continue
-            if self.in_flight >= host.per_webhook:
+            if self.in_flight >= self.limit:
                 await self._sleep(None)
                 continue
             await host.slots.acquire()

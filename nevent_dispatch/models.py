@@ -37,7 +37,7 @@ class Outcome(StrEnum):
     HTTP_ERROR = "http_error"
     #: No complete answer within delivery.timeout.
     TIMEOUT = "timeout"
-    #: The connection could not be made or broke (refused, reset, DNS, closed mid-response).
+    #: The connection could not be made or broke before the status line (refused, reset, DNS).
     CONNECTION_ERROR = "connection_error"
     #: The TLS handshake failed (untrusted, expired or wrong-host certificate).
     TLS_ERROR = "tls_error"

@@ -92,6 +92,14 @@ class Signer:
         return "Signer(secret=<hidden>)"
 
 
+def _body_bytes(body: str) -> bytes:
+    """A received body given as text, back to bytes; surrogates from a lenient decode included."""
+    try:
+        return body.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raise BadSignature("invalid signature: body is not valid text") from None
+
+
 def parse_header(header: str | None) -> tuple[int, list[str]]:
     """Split a signature header into its timestamp and its ``v1`` signatures.
 
@@ -150,7 +158,7 @@ def verify_signature(
     not depend on which entry matched.
     """
     if isinstance(body, str):
-        body = body.encode()
+        body = _body_bytes(body)
     timestamp, candidates = parse_header(header)
     expected = hmac.new(
         secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256
@@ -158,7 +166,8 @@ def verify_signature(
     matched = False
     for candidate in candidates:
         # Bytes, not str: compare_digest refuses non-ASCII str, and a header is untrusted.
-        matched |= hmac.compare_digest(expected, candidate.encode())
+        # surrogatepass: a header decoded leniently may hold lone surrogates; they never match.
+        matched |= hmac.compare_digest(expected, candidate.encode("utf-8", "surrogatepass"))
     if not matched:
         raise BadSignature("invalid signature")
     current = time.time() if now is None else now
@@ -186,7 +195,7 @@ def verify(
     object.
     """
     if isinstance(body, str):
-        body = body.encode()
+        body = _body_bytes(body)
     verify_signature(body, header, secret, tolerance, now=now)
     try:
         event = orjson.loads(body)

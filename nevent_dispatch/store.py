@@ -167,9 +167,12 @@ class Store:
     @contextlib.asynccontextmanager
     async def _write(self) -> AsyncIterator[aiosqlite.Connection]:
         """One short write transaction on the state database, serialized with the others."""
+        # The connection runs statements in order on its own thread: a statement a
+        # cancelled caller no longer waits for still runs, so the ROLLBACK queued
+        # behind it always undoes it before the next transaction can begin.
         async with self._write_lock:
-            await self._state.execute("BEGIN IMMEDIATE")
             try:
+                await asyncio.shield(self._state.execute("BEGIN IMMEDIATE"))
                 yield self._state
             except BaseException:
                 await asyncio.shield(self._state.rollback())

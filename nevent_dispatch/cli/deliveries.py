@@ -88,10 +88,15 @@ def attempt_json(a: Attempt) -> dict[str, Any]:
             "response": a.response}
 
 
+def printable(text: str) -> str:
+    """Text a receiver controls, control characters escaped so it cannot drive the terminal."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def _last(d: Delivery) -> str:
     if d.last_status is not None:
         return str(d.last_status)
-    return (d.last_error or "-")[:40]
+    return printable(d.last_error or "-")[:40]
 
 
 # -- run ---------------------------------------------------------------------------------------
@@ -225,7 +230,7 @@ def _cmd_show(args: argparse.Namespace, config: Config) -> int:
             ("created", relative(delivery.created_at, current)),
             ("next attempt", relative(delivery.next_at, current))]
     if delivery.last_error:
-        rows.append(("last error", delivery.last_error))
+        rows.append(("last error", printable(delivery.last_error)))
     width = max(len(label) for label, _ in rows) + 2
     for label, value in rows:
         print(f"{label + ':':<{width}}{value}")
@@ -238,7 +243,7 @@ def _cmd_show(args: argparse.Namespace, config: Config) -> int:
         print_table(("#", "WHEN", "OUTCOME", "STATUS", "LATENCY", "ERROR", "RESPONSE"),
                     [(str(a.number), relative(a.started_at, current), a.outcome.value,
                       "-" if a.status is None else str(a.status), f"{a.latency_ms:.0f} ms",
-                      a.error or "-", (a.response or "-").replace("\n", " ")[:60])
+                      printable(a.error or "-"), printable((a.response or "-").replace("\n", " "))[:60])
                      for a in attempts])
     return EXIT_OK
 

@@ -90,3 +90,21 @@ def test_public_api_is_pinned():
         "ValidationError", "__version__", "publish", "sign", "verify"])
     for name in nevent_dispatch.__all__:
         assert hasattr(nevent_dispatch, name)
+
+
+async def test_a_write_cancelled_at_any_point_leaves_no_transaction_open(tmp_path):
+    """Cancelling writers mid-flight never leaves BEGIN behind: the next write still works."""
+    import asyncio
+
+    store = await Store.open(_config(tmp_path))
+    try:
+        for delay in [0, 0, 0.0001, 0.0005, 0.001, 0.002]:
+            for _ in range(5):
+                task = asyncio.create_task(store.record_results([], []))
+                await asyncio.sleep(delay)
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        await store.record_results([], [])
+        assert await store.recover_claimed(0.0) == 0
+    finally:
+        await store.close()
