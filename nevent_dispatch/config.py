@@ -35,7 +35,7 @@ class DatabaseConfig:
 @dataclass(frozen=True, slots=True)
 class OutboxConfig:
     #: Seconds between two checks for new outbox rows (PRAGMA data_version).
-    poll_interval: float = 0.02
+    poll_interval: float = 0.005
     #: Outbox rows read per page; memory stays bounded by this and the lanes.
     page_size: int = 500
 
