@@ -76,6 +76,8 @@ class Dispatcher:
         self._lane_tasks: set[asyncio.Task[None]] = set()
         self._recorder = Recorder(store, on_flushed=self._retry_scheduled)
         self._webhooks_rev = -1
+        self._batches_to_write: list[tuple[tuple[Any, ...], list[int], asyncio.Future[int]]] = []
+        self._batch_writer: asyncio.Task[None] | None = None
         self._reader: OutboxReader | None = None
         self.sender: Sender | None = None
         #: Counters for the final log line and tests.
@@ -152,6 +154,8 @@ class Dispatcher:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        if self._batch_writer is not None:  # batches being recorded: let the write finish
+            await asyncio.gather(asyncio.shield(self._batch_writer), return_exceptions=True)
         await self._recorder.close()
         log.info("dispatcher_stopped", **self.stats)
 
@@ -258,7 +262,7 @@ class Dispatcher:
                                        event_type="batch", event_id=None, outbox_id=None,
                                        event_count=len(items), state=State.PENDING, now=now)
                 row = (*row[:8], now, *row[9:])  # due now
-                await self.store.create_batch(row, webhook_id, [i[1] for i in items])
+                await self.store.create_batches([(row, [i[0] for i in items])])
                 count += 1
         return count
 
@@ -372,15 +376,37 @@ class Dispatcher:
         return count
 
     async def make_batch(self, lane: Lane, items: list[Item]) -> Job:
-        """Record a batch of waiting events as one delivery before it is sent."""
+        """Record a batch of waiting events as one delivery before it is sent.
+
+        Batches formed by all lanes in the same moment share one transaction.
+        """
         now = self.clock.time()
         row = new_delivery_row(webhook_id=lane.webhook.id, kind=Kind.BATCH, event_type="batch",
                                event_id=None, outbox_id=None, event_count=len(items),
                                state=State.DELIVERING, now=now)
-        delivery_id = await self.store.create_batch(row, lane.webhook.id,
-                                                    [i.outbox_id for i in items])
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._batches_to_write.append((row, [i.item_id for i in items], done))
+        if self._batch_writer is None or self._batch_writer.done():
+            self._batch_writer = asyncio.create_task(self._write_batches(), name="batch-writer")
+        delivery_id = await done
         return Job(delivery_id, row[0], Kind.BATCH, "batch", None,
                    batch_body([i.body for i in items]), len(items), 0, 0)
+
+    async def _write_batches(self) -> None:
+        while self._batches_to_write:
+            pending, self._batches_to_write = self._batches_to_write, []
+            try:
+                ids = await self.store.create_batches([(row, items) for row, items, _ in pending])
+            except BaseException as exc:
+                for _, _, done in pending:
+                    if not done.done():
+                        done.set_exception(exc)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                continue
+            for (_, _, done), delivery_id in zip(pending, ids, strict=True):
+                if not done.done():
+                    done.set_result(delivery_id)
 
     async def _events(self, outbox_ids: Iterable[int]) -> dict[int, bytes]:
         """Wire bodies of outbox events by id (rebuilt exactly as at intake)."""

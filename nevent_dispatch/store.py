@@ -313,14 +313,20 @@ class Store:
         await db.execute(Q["insert_delivery"], (base + 1, *row))
         return base + 1
 
-    async def create_batch(self, row: tuple[Any, ...], webhook_id: str,
-                           outbox_ids: Sequence[int]) -> int:
-        """Insert a batch delivery and put its events in it, atomically; return its id."""
+    async def create_batches(self, batches: Sequence[tuple[tuple[Any, ...], Sequence[int]]]
+                             ) -> list[int]:
+        """Insert batch deliveries and put their events (batch item ids) in them, atomically.
+
+        Every batch formed meanwhile by any lane is written in one transaction.
+        """
         async with self._write() as db:
-            delivery_id = await self._insert_one(db, row)
+            base = await self._max(db, "max_delivery_id")
+            await db.executemany(Q["insert_delivery"],
+                                 [(base + i, *row) for i, (row, _) in enumerate(batches, 1)])
             await db.executemany(Q["assign_batch_items"],
-                                 [(delivery_id, webhook_id, oid) for oid in outbox_ids])
-        return delivery_id
+                                 [(base + i, item) for i, (_, items) in enumerate(batches, 1)
+                                  for item in items])
+        return [base + i for i in range(1, len(batches) + 1)]
 
     async def record_results(self, attempts: Sequence[tuple[Any, ...]],
                              finishes: Sequence[tuple[Any, ...]]) -> None:

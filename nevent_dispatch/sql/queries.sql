@@ -69,7 +69,7 @@ INSERT INTO batch_items (id, webhook_id, outbox_id, event_id, event_type) VALUES
 
 -- name: assign_batch_items
 -- Put the events of a batch in it.
-UPDATE batch_items SET delivery_id = ? WHERE webhook_id = ? AND outbox_id = ?;
+UPDATE batch_items SET delivery_id = ? WHERE id = ?;
 
 -- name: unbatched_webhooks
 -- Webhooks that have events waiting for a batch (after a restart).
