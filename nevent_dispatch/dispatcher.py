@@ -21,7 +21,8 @@ import aiohttp
 from .attempts import log_attempt, new_delivery_row, result_rows, settle
 from .clock import SYSTEM, Clock
 from .config import Config
-from .envelope import BATCH_OVERHEAD, Rejection, batch_body, parse_row
+from .envelope import Rejection, batch_body, parse_row
+from .intake import plan_page
 from .lanes import Item, Job, Lane
 from .logs import get_logger
 from .matcher import Matcher
@@ -283,66 +284,26 @@ class Dispatcher:
         return sum(len(lane.queue) for lane in self.lanes.values())
 
     async def _intake(self, rows: list[Any]) -> None:
-        now = self.clock.time()
-        deliveries: list[tuple[Any, ...]] = []
-        items: list[tuple[Any, ...]] = []
-        pushes: list[tuple[Webhook, Any, int]] = []
-        for row in rows:
-            event = parse_row(row, self.max_bytes)
-            if isinstance(event, Rejection):
-                self._reject(event, deliveries, now)
-                continue
-            self.stats["events"] += 1
-            for webhook in self.matcher.match(event.organization_id, event.type, event.envelope):
-                if not webhook.batch:
-                    deliveries.append(new_delivery_row(
-                        webhook_id=webhook.id, kind=Kind.EVENT, event_type=event.type,
-                        event_id=event.id, outbox_id=event.outbox_id, event_count=1,
-                        state=State.DELIVERING, now=now))
-                    pushes.append((webhook, event, len(deliveries)))
-                elif len(event.body) + BATCH_OVERHEAD > self.max_bytes:
-                    self._reject(Rejection(event.outbox_id, event.id, event.type,
-                                           event.organization_id,
-                                           "payload too large to be wrapped in a batch"),
-                                 deliveries, now, webhook.id)
-                else:
-                    items.append((webhook.id, event.outbox_id, event.id, event.type))
-                    pushes.append((webhook, event, -len(items)))
-        base, item_base = await self.store.record_intake(deliveries, items, rows[-1][0])
+        """Record a page (deliveries, waiting items, cursor) in one transaction, then queue it."""
+        plan = plan_page(rows, self.matcher, self.max_bytes, self.clock.time())
+        self.stats["events"] += plan.events
+        self.stats["rejected"] += plan.rejected
+        base, item_base = await self.store.record_intake(plan.deliveries, plan.items, rows[-1][0])
         mono = self.clock.monotonic()
         global_full = self._queued() >= GLOBAL_QUEUE_CAP
-        for webhook, event, index in pushes:
+        for webhook, event, index in plan.pushes:
             lane = self._lane(webhook)
             if global_full or lane.full:
-                lane.spill()
+                lane.spill()  # recorded: the lane refills from the database in order
             elif index > 0:
-                row = deliveries[index - 1]
                 lane.mark = base + index
-                lane.push(Job(base + index, row[0], Kind.EVENT, event.type, event.id, event.body,
-                              1, 0, 0))
+                lane.push(Job(base + index, plan.deliveries[index - 1][0], Kind.EVENT, event.type,
+                              event.id, event.body, 1, 0, 0))
             else:
                 lane.mark = item_base - index
                 lane.push(Item(item_base - index, event.outbox_id, event.id, event.type,
                                event.body, mono))
             self._run_lane(lane)
-
-    def _reject(self, rejection: Rejection, deliveries: list[tuple[Any, ...]], now: float,
-                webhook_id: str | None = None) -> None:
-        """Record a refused event once per webhook it was meant for (or once, for nobody)."""
-        self.stats["rejected"] += 1
-        if webhook_id is not None:
-            targets: list[str | None] = [webhook_id]
-        else:
-            routes = self.matcher.routes(rejection.organization_id, rejection.type)
-            targets = [r.webhook.id for r in routes] or [None]
-        for target in targets:
-            deliveries.append(new_delivery_row(
-                webhook_id=target, kind=Kind.EVENT, event_type=rejection.type or "?",
-                event_id=rejection.event_id, outbox_id=rejection.outbox_id, event_count=1,
-                state=State.REJECTED, now=now, error=rejection.reason))
-        log.warning("event_rejected", outbox_id=rejection.outbox_id, event_id=rejection.event_id,
-                    event_type=rejection.type, organization_id=rejection.organization_id,
-                    webhooks=[t for t in targets if t], reason=rejection.reason)
 
     # -- lanes' database work -------------------------------------------------------------------
 

@@ -1,0 +1,80 @@
+"""Intake, the pure part: a page of outbox rows into the rows to record and the work to queue.
+
+Owns the decision, per row, of what the history must hold — one delivery per
+(event, webhook) for normal webhooks, one waiting item per (event, webhook)
+for batch webhooks, one rejected record per refused event and webhook — before
+anything is sent. No I/O and no clock: the dispatcher records the plan in one
+transaction with the cursor, then queues the work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .attempts import new_delivery_row
+from .envelope import BATCH_OVERHEAD, Rejection, parse_row
+from .logs import get_logger
+from .matcher import Matcher
+from .models import Event, Kind, State, Webhook
+
+log = get_logger("nevent_dispatch")
+
+
+@dataclass(slots=True)
+class Plan:
+    #: ``deliveries`` rows (without ids) in the order they get ids.
+    deliveries: list[tuple[Any, ...]] = field(default_factory=list)
+    #: ``batch_items`` rows (without ids) in the order they get ids.
+    items: list[tuple[Any, ...]] = field(default_factory=list)
+    #: (webhook, event, n): the n-th delivery row (n > 0) or the -n-th item row (n < 0).
+    pushes: list[tuple[Webhook, Event, int]] = field(default_factory=list)
+    events: int = 0
+    rejected: int = 0
+
+
+def plan_page(rows: Sequence[Any], matcher: Matcher, max_bytes: int, now: float) -> Plan:
+    """What a page of outbox rows means for the history and the lanes."""
+    plan = Plan()
+    for row in rows:
+        event = parse_row(row, max_bytes)
+        if isinstance(event, Rejection):
+            _reject(plan, event, matcher, now)
+            continue
+        plan.events += 1
+        for webhook in matcher.match(event.organization_id, event.type, event.envelope):
+            if not webhook.batch:
+                plan.deliveries.append(new_delivery_row(
+                    webhook_id=webhook.id, kind=Kind.EVENT, event_type=event.type,
+                    event_id=event.id, outbox_id=event.outbox_id, event_count=1,
+                    state=State.DELIVERING, now=now))
+                plan.pushes.append((webhook, event, len(plan.deliveries)))
+            elif len(event.body) + BATCH_OVERHEAD > max_bytes:
+                _reject(plan, Rejection(event.outbox_id, event.id, event.type,
+                                        event.organization_id,
+                                        "payload too large to be wrapped in a batch"),
+                        matcher, now, webhook.id)
+            else:
+                plan.items.append((webhook.id, event.outbox_id, event.id, event.type))
+                plan.pushes.append((webhook, event, -len(plan.items)))
+    return plan
+
+
+def _reject(plan: Plan, rejection: Rejection, matcher: Matcher, now: float,
+            webhook_id: str | None = None) -> None:
+    """Record a refused event once per webhook it was meant for (or once, for nobody)."""
+    plan.rejected += 1
+    if webhook_id is not None:
+        targets: list[str | None] = [webhook_id]
+    else:
+        routes = matcher.routes(rejection.organization_id, rejection.type)
+        targets = [r.webhook.id for r in routes] or [None]
+    for target in targets:
+        plan.deliveries.append(new_delivery_row(
+            webhook_id=target, kind=Kind.EVENT, event_type=rejection.type or "?",
+            event_id=rejection.event_id, outbox_id=rejection.outbox_id, event_count=1,
+            state=State.REJECTED, now=now, error=rejection.reason))
+    log.warning("event_rejected", outbox_id=rejection.outbox_id, event_id=rejection.event_id,
+                event_type=rejection.type, organization_id=rejection.organization_id,
+                webhooks=[t for t in targets if t], reason=rejection.reason)
