@@ -79,6 +79,7 @@ class Dispatcher:
         self._webhooks_rev = -1
         self._batches_to_write: list[tuple[tuple[Any, ...], list[int], asyncio.Future[int]]] = []
         self._batch_writer: asyncio.Task[None] | None = None
+        self._lane_failure: BaseException | None = None
         self._reader: OutboxReader | None = None
         self.sender: Sender | None = None
         #: Counters for the final log line and tests.
@@ -126,6 +127,8 @@ class Dispatcher:
                 await self._drain(tasks)
             if failed:
                 raise failed[0].exception()  # type: ignore[misc]
+            if self._lane_failure is not None:  # a dead lane stops the daemon loudly
+                raise self._lane_failure
         finally:
             if self._own_session and self._session is not None:
                 await self._session.close()
@@ -238,6 +241,7 @@ class Dispatcher:
         self._lane_tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("lane_failed", task=task.get_name(), error=repr(task.exception()))
+            self._lane_failure = self._lane_failure or task.exception()
             self.stop()
 
     async def _retire(self, lane: Lane, now: float) -> None:
