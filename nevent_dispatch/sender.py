@@ -199,6 +199,8 @@ class Sender:
                     break
                 chunks.append(chunk)
                 size += len(chunk)
+                if resp.content.at_eof():  # spares one more read on short answers
+                    break
         except Exception as exc:  # noqa: BLE001 - the status already decided the outcome
             note = f"response body incomplete: {classify(exc)[1]}"
         return b"".join(chunks).decode("utf-8", "replace"), note
