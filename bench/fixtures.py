@@ -1,0 +1,147 @@
+"""The files a daemon run starts from: its config, its webhooks, its outbox.
+
+Owns the TOML config of a run, the webhook layouts and the outboxes. Webhooks
+are created in-process with ``Store`` and ``registry.create`` — the CLI costs
+~0.3 s per webhook, and the benchmark measures the daemon, not the registry —
+once per layout into a template state database that each run copies, so every
+run starts from the same state. Outboxes are filled with the application's own
+insert statement, ``executemany`` in one transaction. It measures nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import sqlite3
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from nevent_dispatch import registry
+from nevent_dispatch.config import load
+from nevent_dispatch.sql import OUTBOX_SCHEMA, PUBLISH
+from nevent_dispatch.store import Store
+
+from .payload import EVENT_TYPE, Payloads, org_name
+
+#: The highest per-webhook limit the config accepts (``rate_limit.events_per_minute``):
+#: no figure measures the token bucket.
+UNLIMITED_PER_MINUTE = registry.MAX_RATE_LIMIT
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """Webhooks of a run: (organization, url, batch mode) each."""
+
+    name: str
+    webhooks: tuple[tuple[str, str, bool], ...]
+
+
+def one_per_org(name: str, count: int, url: Callable[[int], str], *,
+                batch: bool = False) -> Layout:
+    """``count`` organizations with one webhook each (events spread by organization)."""
+    return Layout(name, tuple((org_name(i), url(i), batch) for i in range(count)))
+
+
+def one_org(name: str, count: int, url: Callable[[int], str]) -> Layout:
+    """One organization with ``count`` webhooks (each event fans out to all of them)."""
+    return Layout(name, tuple((org_name(0), url(i), False) for i in range(count)))
+
+
+def _toml(value: object) -> str:
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def write_config(path: Path, *, outbox: Path, state: Path, ca_file: Path, log_level: str,
+                 max_in_flight: int = 256, per_webhook: int = 16,
+                 overrides: Mapping[str, str] | None = None) -> Path:
+    """The config of one run: the defaults, but for what loopback and the benchmark need.
+
+    ``overrides`` maps dotted keys to TOML values (``{"outbox.poll_interval": "0.005"}``)
+    and wins over everything else.
+    """
+    tables: dict[str, dict[str, str]] = {
+        "database": {"outbox": _toml(outbox), "state": _toml(state)},
+        # The receivers are on 127.0.0.1 with a certificate of the benchmark's own CA.
+        "delivery": {"allow_private_networks": "true", "ca_file": _toml(ca_file),
+                     "max_in_flight": str(max_in_flight),
+                     "max_in_flight_per_webhook": str(per_webhook)},
+        # The highest accepted values: the benchmark measures delivery, not the limiter.
+        "rate_limit": {"events_per_minute": str(UNLIMITED_PER_MINUTE),
+                       "burst": str(UNLIMITED_PER_MINUTE)},
+        "log": {"level": _toml(log_level)},
+    }
+    for dotted, value in (overrides or {}).items():
+        table, _, key = dotted.partition(".")
+        tables.setdefault(table, {})[key] = value
+    lines = ["# One benchmark run of nevent-dispatch (written by bench/fixtures.py)."]
+    for table, keys in tables.items():
+        lines += ["", f"[{table}]", *(f"{key} = {value}" for key, value in keys.items())]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+async def _create(config_path: Path, layout: Layout) -> None:
+    config = load(config_path)
+    store = await Store.open(config)
+    try:
+        for index, (org, url, batch) in enumerate(layout.webhooks):
+            now = time.time()
+            webhook, _ = await registry.create(
+                store, config, organization_id=org, url=url, name=f"bench {index}",
+                batch=batch, now=now)
+            await registry.set_active(store, webhook.id, True, now)
+    finally:
+        await store.close()
+
+
+def checkpoint(path: Path) -> None:
+    """Fold the WAL into the main file, so that copying the file copies the database."""
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()
+
+
+def state_template(folder: Path, layout: Layout, ca_file: Path) -> Path:
+    """A state database holding ``layout``'s webhooks, active; made once per layout."""
+    folder.mkdir(parents=True, exist_ok=True)
+    state = folder / f"{layout.name}.state.db"
+    if state.exists():
+        return state
+    scratch = folder / f"{layout.name}.scratch"
+    scratch.mkdir(exist_ok=True)
+    config = write_config(scratch / "config.toml", outbox=scratch / "outbox.db", state=state,
+                          ca_file=ca_file, log_level="warning")
+    asyncio.run(_create(config, layout))
+    checkpoint(state)
+    shutil.rmtree(scratch)
+    return state
+
+
+def copy_state(template: Path, dest: Path) -> Path:
+    shutil.copyfile(template, dest)
+    return dest
+
+
+def make_outbox(path: Path, events: int, orgs: int, payloads: Payloads) -> float:
+    """Create ``path`` with ``events`` events spread over ``orgs`` organizations; seconds taken."""
+    started = time.monotonic()
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.executescript(OUTBOX_SCHEMA)
+        rows = ((EVENT_TYPE, org_name(i % orgs), payloads.text(i)) for i in range(events))
+        with conn:
+            conn.executemany(PUBLISH, rows)
+    finally:
+        conn.close()
+    checkpoint(path)
+    return time.monotonic() - started
+
+
+def remove_database(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        path.with_name(path.name + suffix).unlink(missing_ok=True)

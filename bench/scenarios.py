@@ -1,0 +1,256 @@
+"""The figures: one function per figure, each run of the daemon beside its limit.
+
+Owns what each figure means — which webhooks, which outbox, which receiver,
+what is timed, which target is shown — on top of ``harness.Bench``. ``run.py``
+calls ``limits`` and then each selected figure once per round, so every figure
+alternates with the bare client.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import orjson
+
+from . import fixtures
+from .daemon import Daemon
+from .fixtures import one_org, one_per_org
+from .harness import MAX_IN_FLIGHT, Bench, describe, ms
+from .payload import org_name
+from .procs import wait_for
+from .stats import percentile
+
+#: Webhooks of the drain figures: one per organization, events spread round-robin.
+WEBHOOKS = 100
+#: Every FAILING_EVERY-th webhook of the failure figure answers 500 (20 %).
+FAILING_EVERY = 5
+#: The slow receiver's answer delay (``bench/sink.py --delay``).
+SLOW_DELAY_S = 0.05
+#: Requests of the one-at-a-time latency floor.
+FLOOR_REQUESTS = 200
+#: Targets shown beside the figures (never enforced).
+BATCH_TARGET = 100_000
+#: The daemon's default ``batch.max_events``.
+BATCH_MAX_EVENTS = 100
+
+
+# -- limits -----------------------------------------------------------------------------------
+
+
+def limits(b: Bench) -> None:
+    """This round's bare client on the fast receiver, and one request at a time on the sink."""
+    s = b.sizes
+    result = b.bare(b.fast.url("/ok/"), paths=WEBHOOKS, requests=s.bare_requests,
+                    concurrency=MAX_IN_FLIGHT)
+    b.fast_limit = float(result.get("rate") or math.nan)
+    fig = b.figure("bare", f"Bare client: {s.bare_requests:,} POSTs, {MAX_IN_FLIGHT} in flight "
+                   f"({b.fast.label})", "req/s")
+    fig.samples.append(b.fast_limit)
+    if result:
+        fig.details.append(f"{result['ok']:,} in {result['elapsed_s']:.2f} s; latency p50 "
+                           f"{result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms")
+    floor = b.bare(b.sink.url("/ok/"), paths=1, requests=FLOOR_REQUESTS, concurrency=1)
+    b.floor_ms = {q: float(floor.get(f"{q}_ms") or math.nan) for q in ("p50", "p95", "p99")}
+    fig = b.figure("floor", f"Bare client: one POST at a time, p50 ({b.sink.label})", "ms")
+    fig.samples.append(b.floor_ms["p50"])
+
+
+# -- figures ----------------------------------------------------------------------------------
+
+
+def drain(b: Bench, *, batch: bool = False) -> None:
+    """N preloaded events, 100 organizations × 1 webhook, from spawn to the last 2xx."""
+    n = b.sizes.events
+    layout = one_per_org("drain-batch" if batch else "drain", WEBHOOKS,
+                         lambda i: b.fast.url(f"/ok/{i}"), batch=batch)
+    outbox = b.outbox("drain", n, WEBHOOKS)
+    result = b.drain("batch" if batch else "drain", layout, outbox, n, receiver=b.fast,
+                     batch=batch)
+    if batch:
+        fig = b.figure("batch", f"Drain, batch mode: {n:,} events → {WEBHOOKS} webhooks",
+                       "events/s", limit_label="bare client", limit_unit="req/s",
+                       target=f"≥ {BATCH_TARGET:,} events/s",
+                       check=lambda value, _ratio: value >= BATCH_TARGET)
+    else:
+        fig = b.figure("drain", f"Drain, non-batch: {n:,} events → {WEBHOOKS} webhooks",
+                       "deliveries/s", limit_label="bare client", limit_unit="req/s",
+                       target="≥ 0.7× bare client", check=lambda _value, ratio: ratio >= 0.7)
+    fig.samples.append(result.rate(events=batch))
+    fig.limits.append(b.fast_limit)
+    detail = describe(result, "events" if batch else "deliveries")
+    if batch and n // WEBHOOKS < BATCH_MAX_EVENTS:
+        detail += (f"; only {n // WEBHOOKS} events per webhook, fewer than a full batch: "
+                   "every batch waited batch.max_wait")
+    fig.details.append(detail)
+
+
+def failure(b: Bench) -> None:
+    """The non-batch drain with every 5th webhook answering 500 (their retries come later)."""
+    n = b.sizes.events
+    layout = one_per_org("failure", WEBHOOKS, lambda i: b.fast.url(
+        f"/fail/{i}" if i % FAILING_EVERY == 0 else f"/ok/{i}"))
+    outbox = b.outbox("drain", n, WEBHOOKS)
+    result = b.drain("failure", layout, outbox, n, receiver=b.fast)
+    healthy = b.figure("failure", "Failure load, 20 % of webhooks answer 500: healthy deliveries/s",
+                       "deliveries/s", limit_label="bare client", limit_unit="req/s")
+    healthy.samples.append(result.rate())
+    healthy.limits.append(b.fast_limit)
+    span = result.last_attempt_end - result.spawned_at
+    attempts = b.figure("failure-attempts", "Failure load: all attempts/s (2xx and 500)",
+                        "attempts/s", limit_label="bare client", limit_unit="req/s")
+    attempts.samples.append(result.attempts / span if span > 0 else math.nan)
+    attempts.limits.append(b.fast_limit)
+    healthy.details.append(describe(result) + f"; {result.attempts - result.successes:,} "
+                           "answered 500 and wait for their retry")
+
+
+def memory(b: Bench) -> None:
+    """Peak and sampled RSS of the daemon draining a large backlog."""
+    n = b.sizes.memory_events
+    layout = one_per_org("drain", WEBHOOKS, lambda i: b.fast.url(f"/ok/{i}"))
+    outbox = b.outbox("memory", n, WEBHOOKS)
+    result = b.drain("memory", layout, outbox, n, receiver=b.fast)
+    fig = b.figure("memory", f"Peak RSS (VmHWM) draining {n:,} events", "MB",
+                   target="< 150 MB", check=lambda value, _ratio: value < 150)
+    fig.samples.append(result.peak_rss_kb / 1024)
+    sampled = max((sample.rss_kb for sample in result.samples), default=0)
+    fig.details.append(describe(result) + f"; {len(result.samples)} RSS samples, the highest "
+                       f"{sampled / 1024:.0f} MB")
+    for pct in (10, 50, 90):
+        rss = result.rss_at(pct / 100)
+        b.figure(f"memory-{pct}", f"RSS at {pct} % of that drain", "MB").samples.append(
+            math.nan if rss is None else rss / 1024)
+    rate = b.figure("memory-rate", f"Drain of that backlog: {n:,} events → {WEBHOOKS} webhooks",
+                    "deliveries/s", limit_label="bare client", limit_unit="req/s")
+    rate.samples.append(result.rate())
+    rate.limits.append(b.fast_limit)
+
+
+def fanout(b: Bench) -> None:
+    """One event to 1,000 webhooks of one organization: commit to the last receipt."""
+    count = b.sizes.fanout_webhooks
+    layout = one_org("fanout", count, lambda i: b.fast.url(f"/ok/{i}"))
+    folder = b.workdir / "runs" / f"fanout-outbox-{b.next_seq()}"
+    folder.mkdir(parents=True)
+    outbox = folder / "outbox.db"
+    fixtures.make_outbox(outbox, 0, 1, b.payloads)
+    daemon, run_folder = b.start_daemon("fanout", layout, outbox, 2 * count)
+    value = math.nan
+    try:
+        # The first event warms the daemon up (connections, lanes); the second is measured.
+        warm = b.fast.counts().ok + count
+        b.publish_now(outbox, [org_name(0)])
+        if not wait_for(lambda: b.fast.counts().ok >= warm or not daemon.alive(), 60, 0.01):
+            b.note("fan-out: the warm-up event did not reach every webhook in 60 s")
+        else:
+            done = b.fast.counts().ok + count
+            committed = b.publish_now(outbox, [org_name(0)])
+            if wait_for(lambda: b.fast.counts().ok >= done or not daemon.alive(), 60, 0.01):
+                value = ms(b.fast.counts().last_at - committed)
+            else:
+                b.note("fan-out: the measured event did not reach every webhook in 60 s")
+    finally:
+        result = b.finish("fanout", daemon, run_folder)
+        fixtures.remove_database(outbox)
+    fig = b.figure("fanout", f"Fan-out: 1 event → {count:,} webhooks, commit to last receipt",
+                   "ms", limit_label=f"bare client, {count:,} requests")
+    fig.samples.append(value)
+    fig.limits.append(ms(count / b.fast_limit))
+    fig.details.append(f"{value:,.0f} ms; the daemon recorded {result.successes:,} successes for "
+                       f"{2 * count:,} deliveries (warm-up included)")
+
+
+def latency(b: Bench) -> None:
+    """Steady publish() rates; commit to receipt at the aiohttp receiver, per event."""
+    s = b.sizes
+    layout = one_per_org("latency", WEBHOOKS, lambda i: b.sink.url(f"/lat/{i}"))
+    folder = b.workdir / "runs" / f"latency-outbox-{b.next_seq()}"
+    folder.mkdir(parents=True)
+    outbox = folder / "outbox.db"
+    fixtures.make_outbox(outbox, 0, 1, b.payloads)
+    total = WEBHOOKS + sum(int(rate * s.latency_s) for rate in s.latency_rates)
+    daemon, run_folder = b.start_daemon("latency", layout, outbox, total)
+    try:
+        warm = b.sink.counts().ok + WEBHOOKS
+        b.publish_now(outbox, [org_name(i) for i in range(WEBHOOKS)])
+        if not wait_for(lambda: b.sink.counts().ok >= warm or not daemon.alive(), 30, 0.02):
+            b.note("latency: the warm-up events were not all received in 30 s")
+        b.sink.records()
+        for rate in s.latency_rates:
+            _latency_at(b, outbox, rate, folder, daemon)
+    finally:
+        b.finish("latency", daemon, run_folder)
+        fixtures.remove_database(outbox)
+
+
+def _latency_at(b: Bench, outbox: Path, rate: int, folder: Path, daemon: Daemon) -> None:
+    s = b.sizes
+    count = int(rate * s.latency_s)
+    first = b.next_seq(count)
+    before = b.sink.counts().ok
+    out = folder / f"commits-{rate}.json"
+    argv = [sys.executable, "-m", "bench.publisher", "--outbox", str(outbox), "--rate", str(rate),
+            "--duration", str(s.latency_s), "--orgs", str(WEBHOOKS), "--first-seq", str(first),
+            "--body-bytes", str(s.body_bytes), "--out", str(out)]
+    code = b.procs.run(argv, log=folder / "publisher.log", timeout_s=s.latency_s * 3 + 30)
+    if code != 0 or not out.exists():
+        b.note(f"latency at {rate}/s: the publisher failed (exit {code})")
+        return
+    published = orjson.loads(out.read_bytes())
+    commits = {int(seq): float(at) for seq, at in published["commits"]}
+    if published["achieved_rate"] < 0.95 * rate:
+        b.note(f"latency at {rate}/s: the publisher only reached {published['achieved_rate']:,.0f}"
+               f" commits/s (its own commits, or CPU shared with the daemon and the receiver)")
+    if not wait_for(lambda: b.sink.counts().ok >= before + len(commits) or not daemon.alive(),
+                    30, 0.05):
+        b.note(f"latency at {rate}/s: not every event was received within 30 s")
+    records = b.sink.records()
+    latencies = [ms(received - commits[seq]) for seq, received, _ in records if seq in commits]
+    for q, target in (("p50", "< 10 ms"), ("p95", ""), ("p99", "< 50 ms")):
+        bound = float(target.split()[1]) if target and rate == 200 else None
+        fig = b.figure(f"latency-{rate}-{q}", f"Latency at {rate:,} events/s, {q} "
+                       "(commit → receipt)", "ms", limit_label="one POST at a time",
+                       target=target if bound else "",
+                       check=(lambda value, _r, bound=bound: value < bound) if bound else None)
+        fig.samples.append(percentile(latencies, int(q[1:]) / 100))
+        fig.limits.append(b.floor_ms[q])
+    b.figures[f"latency-{rate}-p50"].details.append(
+        f"published {len(commits):,} at {published['achieved_rate']:,.0f}/s "
+        f"(asked {rate:,}/s) over {published['elapsed_s']:.1f} s; received {len(latencies):,}; "
+        f"max {max(latencies, default=math.nan):.1f} ms")
+
+
+def slow(b: Bench) -> None:
+    """Receivers answering after 50 ms: throughput is bounded by in-flight ÷ latency."""
+    s = b.sizes
+    for variant in s.slow_variants:
+        layout = one_per_org(f"slow-{variant.webhooks}", variant.webhooks,
+                             lambda i: b.sink.url(f"/slow/{i}"))
+        outbox = b.outbox(f"slow-{variant.webhooks}", s.slow_events, variant.webhooks)
+        bare = b.bare(b.sink.url("/slow/"), paths=variant.webhooks, requests=s.slow_events,
+                      concurrency=variant.in_flight)
+        result = b.drain(f"slow-{variant.webhooks}-{variant.max_in_flight}-{variant.per_webhook}",
+                         layout, outbox, s.slow_events, receiver=b.sink,
+                         max_in_flight=variant.max_in_flight, per_webhook=variant.per_webhook)
+        ceiling = variant.in_flight / SLOW_DELAY_S
+        fig = b.figure(f"slow-{variant.label}", f"Slow receivers (50 ms), {variant.label}",
+                       "deliveries/s", limit_label=f"bare client, {variant.in_flight} in flight",
+                       limit_unit="req/s")
+        fig.samples.append(result.rate())
+        fig.limits.append(float(bare.get("rate") or math.nan))
+        fig.details.append(describe(result) + f"; in-flight ÷ latency = {variant.in_flight} ÷ "
+                           f"{SLOW_DELAY_S:g} s = {ceiling:,.0f}/s")
+
+
+#: The figures in the order a round runs them (the longest last).
+FIGURES = {
+    "drain": drain,
+    "batch": lambda b: drain(b, batch=True),
+    "failure": failure,
+    "fanout": fanout,
+    "latency": latency,
+    "slow": slow,
+    "memory": memory,
+}
