@@ -205,7 +205,7 @@ def _cmd_list(args: argparse.Namespace, config: Config) -> int:
     return EXIT_OK
 
 
-def _args_show(parser: argparse.ArgumentParser) -> None:
+def _args_delivery(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("delivery", metavar="ID", help="delivery number or X-Nevent-Delivery uuid")
     add_json(parser)
 
@@ -248,11 +248,6 @@ def _cmd_show(args: argparse.Namespace, config: Config) -> int:
     return EXIT_OK
 
 
-def _args_retry(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("delivery", metavar="ID", help="delivery number or X-Nevent-Delivery uuid")
-    add_json(parser)
-
-
 def _cmd_retry(args: argparse.Namespace, config: Config) -> int:
     current = now()
 
@@ -278,6 +273,6 @@ COMMANDS: tuple[Command, ...] = (
     Command(("webhooks", "replay"), "requeue a webhook's failed deliveries", _cmd_replay,
             _args_replay),
     Command(("deliveries", "list"), "list deliveries, newest first", _cmd_list, _args_list),
-    Command(("deliveries", "show"), "show a delivery with every attempt", _cmd_show, _args_show),
-    Command(("deliveries", "retry"), "requeue one failed delivery", _cmd_retry, _args_retry),
+    Command(("deliveries", "show"), "show a delivery with every attempt", _cmd_show, _args_delivery),
+    Command(("deliveries", "retry"), "requeue one failed delivery", _cmd_retry, _args_delivery),
 )
