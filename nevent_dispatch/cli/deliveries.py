@@ -16,7 +16,7 @@ from .. import daemon, logs
 from ..attempts import send_test
 from ..catalog import EVENT_TYPES
 from ..config import Config
-from ..errors import ValidationError
+from ..errors import NotFound, ValidationError
 from ..models import Attempt, Delivery, State
 from ..store import Store
 from .common import (
@@ -160,17 +160,24 @@ def _cmd_replay(args: argparse.Namespace, config: Config) -> int:
     current = now()
     since = parse_since(args.since, current) if args.since else 0.0
 
-    async def work(store: Store) -> int:
-        await store.get_webhook(args.webhook_id)
-        return await store.replay_webhook(args.webhook_id, args.status, since, current)
+    async def work(store: Store) -> tuple[bool, int]:
+        active = (await store.get_webhook(args.webhook_id)).active
+        return active, await store.replay_webhook(args.webhook_id, args.status, since, current)
 
-    count = with_store(config, work)
+    active, count = with_store(config, work)
     if args.json:
-        print_json({"webhook_id": args.webhook_id, "replayed": count})
+        print_json({"webhook_id": args.webhook_id, "replayed": count, "webhook_active": active})
     else:
         print(f"requeued {count} {args.status} deliveries of {args.webhook_id} "
-              "(same delivery ids; the running daemon sends them now)")
+              f"(same delivery ids; {_when_sent(active, 'them')})")
     return EXIT_OK
+
+
+def _when_sent(active: bool, what: str) -> str:
+    """When requeued work goes out: only active webhooks receive anything."""
+    if active:
+        return f"the running daemon sends {what} now"
+    return f"the webhook is disabled: {what} will be sent once it is enabled"
 
 
 # -- deliveries ------------------------------------------------------------------------------------
@@ -251,18 +258,22 @@ def _cmd_show(args: argparse.Namespace, config: Config) -> int:
 def _cmd_retry(args: argparse.Namespace, config: Config) -> int:
     current = now()
 
-    async def work(store: Store) -> tuple[Delivery, bool]:
+    async def work(store: Store) -> tuple[Delivery, bool, bool]:
         delivery = await store.get_delivery(args.delivery)
-        return delivery, await store.replay(delivery.id, current)
+        try:
+            active = (await store.get_webhook(delivery.webhook_id or "")).active
+        except NotFound:  # deleted since: the replay stays pending with nobody to send it to
+            active = False
+        return delivery, await store.replay(delivery.id, current), active
 
-    delivery, done = with_store(config, work)
+    delivery, done, active = with_store(config, work)
     if not done:
         raise ValidationError(f"delivery {delivery.id} is {delivery.state.value}: only failed "
                               "deliveries can be retried")
     if args.json:
         print_json({"id": delivery.id, "delivery_id": delivery.uuid, "requeued": True})
     else:
-        print(f"requeued delivery {delivery.id} ({delivery.uuid}); the running daemon sends it now")
+        print(f"requeued delivery {delivery.id} ({delivery.uuid}); {_when_sent(active, 'it')}")
     return EXIT_OK
 
 
