@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import os
 import signal
+import socket
 import sqlite3
 import ssl
 import subprocess
@@ -31,6 +32,23 @@ from nevent_dispatch.config import Config
 from nevent_dispatch.dispatcher import Dispatcher
 from nevent_dispatch.publish import publish
 from nevent_dispatch.store import Store
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def one_line_error(result: subprocess.CompletedProcess[str], code: int = 1) -> str:
+    """Assert a CLI refusal: exit ``code``, one ``nevent-dispatch: …`` line, no traceback."""
+    assert result.returncode == code, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("nevent-dispatch: ")
+    return lines[0]
 
 
 def seed_verify(raw_body: bytes, header: str, secret: str) -> bool:

@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -33,7 +32,16 @@ from nevent_dispatch import BadSignature, StaleTimestamp, verify
 from nevent_dispatch.catalog import EVENT_TYPES
 from nevent_dispatch.samples import sample_data
 
-from ..conftest import Receiver, Request, drain, emit, seed_verify, server_context
+from ..conftest import (
+    Receiver,
+    Request,
+    drain,
+    emit,
+    free_port,
+    one_line_error,
+    seed_verify,
+    server_context,
+)
 
 SECRET = "whsec_operations-test-secret-0123456789"
 WRONG_SECRET = "whsec_not-the-listener-secret-9876543210"
@@ -45,21 +53,6 @@ CLI_TIMEOUT_S = 60.0
 def _env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items()
             if k not in ("NEVENT_DISPATCH_CONFIG", "NEVENT_DISPATCH_DEBUG")}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _one_line_error(result: subprocess.CompletedProcess[str], code: int = 1) -> str:
-    assert result.returncode == code, (result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("nevent-dispatch: ")
-    return lines[0]
 
 
 class Ops:
@@ -185,7 +178,7 @@ def test_emit_refuses_bad_input_in_one_line_and_inserts_nothing(
         ops: Ops, extra: tuple[str, ...], message: str) -> None:
     """Invalid JSON, a zero count and a non-object data exit 1 with one line; the outbox is untouched."""
     result = ops("emit", "fan.created", "--org", "org_1", *extra)
-    assert _one_line_error(result).startswith(message)
+    assert one_line_error(result).startswith(message)
     assert result.stdout == ""
     if (ops.tmp / "app.db").exists():
         assert ops.outbox() == []
@@ -258,7 +251,7 @@ async def test_webhooks_test_against_a_failing_receiver_exits_1_and_records_the_
 def test_webhooks_test_refuses_an_unknown_type(ops: Ops) -> None:
     """An unknown --type is a one-line error naming it; nothing is sent or recorded."""
     webhook_id = ops.create_webhook("https://127.0.0.1:9/hook", enable=False)
-    line = _one_line_error(ops("webhooks", "test", webhook_id, "--type", "purchase.complete"))
+    line = one_line_error(ops("webhooks", "test", webhook_id, "--type", "purchase.complete"))
     assert line.startswith("nevent-dispatch: type: unknown event type 'purchase.complete'")
     assert ops.deliveries() == []
 
@@ -374,9 +367,9 @@ def test_deliveries_list_filters_by_webhook_status_since_and_limit(history: Hist
     limited = ops.deliveries("--limit", "2")
     assert [d["id"] for d in limited] == [d["id"] for d in everything[:2]]
 
-    assert _one_line_error(ops("deliveries", "list", "--limit", "0")).startswith(
+    assert one_line_error(ops("deliveries", "list", "--limit", "0")).startswith(
         "nevent-dispatch: limit: must be >= 1")
-    assert _one_line_error(ops("deliveries", "list", "--since", "yesterday")).startswith(
+    assert one_line_error(ops("deliveries", "list", "--since", "yesterday")).startswith(
         "nevent-dispatch: since: expected a duration")
 
 
@@ -404,7 +397,7 @@ def test_deliveries_show_by_number_and_by_uuid_lists_the_attempts(history: Histo
     assert (attempt["number"], attempt["status"], attempt["outcome"]) == (1, 200, "success")
     assert attempt["latency_ms"] > 0 and attempt["response"] == "ok"
 
-    line = _one_line_error(ops("deliveries", "show", "999999"))
+    line = one_line_error(ops("deliveries", "show", "999999"))
     assert line == "nevent-dispatch: delivery '999999' not found"
 
 
@@ -453,7 +446,7 @@ async def test_failed_deliveries_are_retried_and_replayed_with_their_delivery_id
     out = ops.ok("deliveries", "retry", str(first["id"]))
     assert out.startswith(f"requeued delivery {first['id']} ({first['delivery_id']})")
     assert ops.json("deliveries", "show", str(first["id"]))["state"] == "pending"
-    line = _one_line_error(ops("deliveries", "retry", first["delivery_id"]))
+    line = one_line_error(ops("deliveries", "retry", first["delivery_id"]))
     assert line == (f"nevent-dispatch: delivery {first['id']} is pending: only failed deliveries "
                     "can be retried")
 
@@ -475,7 +468,7 @@ async def test_failed_deliveries_are_retried_and_replayed_with_their_delivery_id
 
     shown = ops.json("deliveries", "show", str(first["id"]))
     assert [(a["number"], a["status"]) for a in shown["attempts"]] == [(1, 500), (2, 500), (3, 200)]
-    line = _one_line_error(ops("deliveries", "retry", str(first["id"])))
+    line = one_line_error(ops("deliveries", "retry", str(first["id"])))
     assert line == (f"nevent-dispatch: delivery {first['id']} is delivered: only failed "
                     "deliveries can be retried")
     assert ops.ok("webhooks", "replay", webhook_id).startswith(
@@ -532,7 +525,7 @@ def listen(ops: Ops) -> Iterator[Callable[..., Listener]]:
     started: list[Listener] = []
 
     def start(*args: str) -> Listener:
-        port = _free_port()
+        port = free_port()
         n = len(started)
         out_path, err_path = ops.tmp / f"listen{n}.out", ops.tmp / f"listen{n}.err"
         with open(out_path, "wb") as out, open(err_path, "wb") as err:
@@ -624,7 +617,7 @@ def test_listen_refuses_bad_options_in_one_line(ops: Ops, extra: tuple[str, ...]
                                                 message: str) -> None:
     """Bad --status, --fail-rate or --port values exit 1 with one line, before listening."""
     result = ops("listen", *extra, timeout=30)
-    assert _one_line_error(result).startswith(message)
+    assert one_line_error(result).startswith(message)
     assert result.stdout == ""
 
 

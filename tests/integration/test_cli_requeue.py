@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 
 import orjson
 
+from ..conftest import free_port
+
 
 def _cli(config_path, *args):
     return subprocess.run([sys.executable, "-m", "nevent_dispatch", "--config", str(config_path),
                            *args], capture_output=True, text=True, timeout=60)
-
-
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_retry_on_a_disabled_webhook_says_it_waits_for_enable(tmp_path):
@@ -26,7 +21,7 @@ def test_retry_on_a_disabled_webhook_says_it_waits_for_enable(tmp_path):
     config.write_text(f'[database]\noutbox = "{tmp_path}/a.db"\nstate = "{tmp_path}/s.db"\n'
                       "[delivery]\nallow_private_networks = true\ntimeout = 2.0\n")
     created = _cli(config, "webhooks", "create", "--org", "org_a", "--name", "n", "--json",
-                   "--url", f"https://127.0.0.1:{_closed_port()}/hook")
+                   "--url", f"https://127.0.0.1:{free_port()}/hook")
     assert created.returncode == 0, created.stderr
     webhook_id = orjson.loads(created.stdout)["id"]
     sent = _cli(config, "webhooks", "test", webhook_id, "--json")

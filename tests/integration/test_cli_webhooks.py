@@ -13,6 +13,8 @@ from typing import Any
 import orjson
 import pytest
 
+from ..conftest import one_line_error
+
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 
 URL = "https://127.0.0.1:9/hook"  # accepted by allow_private_networks, never contacted
@@ -66,15 +68,6 @@ def _show(cli: Cli, webhook_id: str) -> dict[str, Any]:
     result = cli("webhooks", "show", webhook_id, "--json")
     assert result.returncode == 0, result.stderr
     return orjson.loads(result.stdout)  # type: ignore[no-any-return]
-
-
-def _one_line_error(result: subprocess.CompletedProcess[str], code: int) -> str:
-    assert result.returncode == code, (result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("nevent-dispatch: ")
-    return lines[0]
 
 
 # -- help and init ---------------------------------------------------------------------------
@@ -215,7 +208,7 @@ def test_enable_disable_and_delete_say_what_they_did(cli: Cli) -> None:
     deleted = cli("webhooks", "delete", webhook_id)
     assert deleted.returncode == 0, deleted.stderr
     assert deleted.stdout.startswith(f"deleted webhook {webhook_id}")
-    line = _one_line_error(cli("webhooks", "show", webhook_id), 1)
+    line = one_line_error(cli("webhooks", "show", webhook_id), 1)
     assert line == f"nevent-dispatch: webhook {webhook_id!r} not found"
 
 
@@ -237,19 +230,19 @@ def test_bad_webhook_input_is_refused_in_one_line(cli: Cli, extra: tuple[str, ..
                                                   message: str) -> None:
     """Refused input exits 1 with one line on stderr saying what is wrong, and saves nothing."""
     result = cli("webhooks", "create", "--org", "org_1", "--name", "n", *extra)
-    assert _one_line_error(result, 1).startswith(message)
+    assert one_line_error(result, 1).startswith(message)
     assert result.stdout == ""
 
 
 def test_unknown_webhook_id_exits_1(cli: Cli) -> None:
     """Changing a webhook that does not exist is a one-line error."""
-    line = _one_line_error(cli("webhooks", "enable", "wh_0000000000000000"), 1)
+    line = one_line_error(cli("webhooks", "enable", "wh_0000000000000000"), 1)
     assert line == "nevent-dispatch: webhook 'wh_0000000000000000' not found"
 
 
 def test_update_without_any_change_is_refused(cli: Cli) -> None:
     """An update that names no field says what it expects."""
-    line = _one_line_error(cli("webhooks", "update", "wh_0000000000000000"), 1)
+    line = one_line_error(cli("webhooks", "update", "wh_0000000000000000"), 1)
     assert "nothing to change" in line
 
 
@@ -257,14 +250,14 @@ def test_bad_config_key_exits_2_naming_the_key(tmp_path: Path, raw_cli: Cli) -> 
     """A misspelt key is a one-line error naming it, not a traceback."""
     path = tmp_path / "bad.toml"
     path.write_text("[delivery]\ntimout = 5\n", encoding="utf-8")
-    line = _one_line_error(raw_cli("--config", str(path), "webhooks", "list"), 2)
+    line = one_line_error(raw_cli("--config", str(path), "webhooks", "list"), 2)
     assert line.startswith("nevent-dispatch: delivery.timout: unknown key")
 
 
 def test_missing_config_file_exits_2(tmp_path: Path, raw_cli: Cli) -> None:
     """--config naming a file that does not exist is a one-line error."""
     missing = tmp_path / "nope.toml"
-    line = _one_line_error(raw_cli("--config", str(missing), "init"), 2)
+    line = one_line_error(raw_cli("--config", str(missing), "init"), 2)
     assert line == (
         f"nevent-dispatch: config: cannot read {str(missing)!r}: No such file or directory")
 

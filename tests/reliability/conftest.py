@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import socket
 import ssl
 import subprocess
 import sys
@@ -29,6 +28,8 @@ import pytest
 import trustme
 
 from nevent_dispatch.config import Config
+
+from ..conftest import free_port  # noqa: F401 - re-exported for the reliability tests
 
 #: Environment variable naming the JSON file the figures are written to.
 FIGURES_ENV = "RELIABILITY_FIGURES"
@@ -251,9 +252,3 @@ async def wait_until(predicate: Callable[[], Any], timeout: float, interval: flo
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         await asyncio.sleep(interval)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

@@ -156,7 +156,7 @@ V1 = "5257a869e7ecebeda32affa62cdca3fa51cad7e77a0e56ff536d0ce8e108d8bd"
         pytest.param(f"t=,v1={V1}", id="t-empty"),
         pytest.param(f"v1={V1}", id="v1-only"),
         pytest.param("t=1", id="t-only"),
-        pytest.param(f"t=1,v1=", id="v1-empty"),
+        pytest.param("t=1,v1=", id="v1-empty"),
         pytest.param(f"t=1,t=2,v1={V1}", id="two-t"),
         pytest.param("garbage", id="garbage"),
         pytest.param(f"t=1;v1={V1}", id="wrong-separator"),
