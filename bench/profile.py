@@ -1,4 +1,4 @@
-"""Where the daemon's CPU goes during a non-batch drain (``--profile``; not a figure).
+"""Where the daemon's CPU goes during a drain (``--profile``; not a figure).
 
 Owns one extra drain run under ``py-spy record`` (sampling, non-blocking) and the
 summary of its collapsed stacks: the functions of ``nevent_dispatch`` by share
@@ -29,7 +29,7 @@ def _py_spy() -> str | None:
     return str(beside) if beside.is_file() else shutil.which("py-spy")
 
 
-def profile_drain(b: Bench, output: Path) -> None:
+def profile_drain(b: Bench, output: Path, *, batch: bool = False) -> None:
     from .scenarios import WEBHOOKS
 
     py_spy = _py_spy()
@@ -37,13 +37,14 @@ def profile_drain(b: Bench, output: Path) -> None:
         b.note("--profile: py-spy is not installed (pip install py-spy); no profile taken")
         return
     n = b.sizes.events
-    layout = one_per_org("drain", WEBHOOKS, lambda i: b.fast.url(f"/ok/{i}"))
+    layout = one_per_org("drain-batch" if batch else "drain", WEBHOOKS,
+                         lambda i: b.fast.url(f"/ok/{i}"), batch=batch)
     outbox = b.outbox("drain", n, WEBHOOKS)
     daemon, folder = b.start_daemon("profile", layout, outbox, n)
     spy = b.procs.start([py_spy, "record", "--pid", str(daemon.pid), "--rate",
                          str(SAMPLES_PER_S), "--threads", "--function", "--format", "raw",
                          "--output", str(output)], log=folder / "py-spy.log")
-    daemon.watch(batch=False, timeout_s=b.timeout(n))
+    daemon.watch(batch=batch, timeout_s=b.timeout(n))
     b.finish("profile", daemon, folder)
     try:
         spy.wait(30)  # py-spy writes its file once the daemon is gone
@@ -53,7 +54,7 @@ def profile_drain(b: Bench, output: Path) -> None:
     if not output.exists():
         b.note(f"--profile: py-spy wrote nothing; see {folder / 'py-spy.log'}")
         return
-    print(f"\nprofile of a {n:,}-event non-batch drain ({output}):")
+    print(f"\nprofile of a {n:,}-event {'batch' if batch else 'non-batch'} drain ({output}):")
     print(summarize(output.read_text(encoding="utf-8", errors="replace")))
 
 

@@ -93,8 +93,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", type=Path, help="scratch directory (default: a new temporary one)")
     p.add_argument("--keep", action="store_true", help="keep the scratch files and databases")
     p.add_argument("--profile", type=Path, metavar="PATH",
-                   help="after the rounds, run one more non-batch drain under py-spy (if "
-                        "installed) and write its collapsed stacks to PATH (not a figure)")
+                   help="after the rounds, run one more drain under py-spy (if installed; batch "
+                        "mode when --only names batch and not drain) and write its collapsed "
+                        "stacks to PATH (not a figure)")
     return p
 
 
@@ -194,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 bench.note(f"nevent_dispatch changed during round {round_no}: the rounds did "
                            "not all measure the same code")
         if args.profile:
-            _profile(bench, args.profile)
+            _profile(bench, args.profile, batch="batch" in selected and "drain" not in selected)
     except KeyboardInterrupt:
         print("\ninterrupted: stopping every process started", file=sys.stderr)
         status = 130
@@ -244,10 +245,10 @@ def _setup(args: argparse.Namespace, sizes: Sizes, workdir: Path, procs: Process
     return bench
 
 
-def _profile(bench: Bench, path: Path) -> None:
+def _profile(bench: Bench, path: Path, *, batch: bool) -> None:
     from .profile import profile_drain
 
-    profile_drain(bench, path)
+    profile_drain(bench, path, batch=batch)
 
 
 def _publish(args: argparse.Namespace, argv: list[str], bench: Bench, version: str, load: str,

