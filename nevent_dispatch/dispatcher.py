@@ -72,12 +72,14 @@ class Dispatcher:
         self.per_webhook = config.delivery.max_in_flight_per_webhook
         self.matcher = Matcher((), _compile_filter)
         self.lanes: dict[str, Lane] = {}
+        #: Lanes created later start at these marks: (delivery id, outbox id of batch events).
         self._marks = (0, 0)
         self._inflight: set[asyncio.Task[None]] = set()
         self._lane_tasks: set[asyncio.Task[None]] = set()
         self._recorder = Recorder(store, on_flushed=self._retry_scheduled)
         self._webhooks_rev = -1
-        self._batches_to_write: list[tuple[tuple[Any, ...], list[int], asyncio.Future[int]]] = []
+        self._batches_to_write: list[tuple[tuple[Any, ...], str, list[tuple[int, str, str]],
+                                           asyncio.Future[int]]] = []
         self._batch_writer: asyncio.Task[None] | None = None
         self._lane_failure: BaseException | None = None
         self._reader: OutboxReader | None = None
@@ -137,10 +139,10 @@ class Dispatcher:
     async def _start(self) -> None:
         now = self.clock.time()
         recovered = await self.store.recover_claimed(now)
-        batched = await self._batch_leftovers(await self.store.unbatched_webhooks(), now)
-        self._marks = await self.store.marks()
-        await self._reload_webhooks()
+        batched = await self._batch_leftovers(await self.store.waiting_webhooks(), now)
         cursor = await self.store.cursor()
+        self._marks = (await self.store.delivery_mark(), cursor)
+        await self._reload_webhooks()
         backlog = await self.store.outbox_max_id() - cursor
         log.info("dispatcher_started", cursor=cursor, backlog=backlog, recovered=recovered,
                  recovered_batches=batched, webhooks=len(self.matcher.webhooks))
@@ -250,8 +252,7 @@ class Dispatcher:
         if lane.task is not None:
             lane.task.cancel()
             await asyncio.gather(lane.task, return_exceptions=True)
-        jobs = [w.delivery_id for w in lane.queue if isinstance(w, Job)]
-        lane.queue.clear()
+        jobs = [w.delivery_id for w in lane.clear() if isinstance(w, Job)]
         await self.store.release_claimed(jobs, now)
         if lane.webhook.batch:
             await self._batch_leftovers([lane.webhook.id], now)
@@ -262,12 +263,12 @@ class Dispatcher:
         """Group events left waiting for a batch into pending batch deliveries."""
         count = 0
         for webhook_id in webhook_ids:
-            while items := await self.store.unbatched_items(webhook_id, self.max_events):
+            while events := await self.store.waiting_events(webhook_id, 0, self.max_events):
                 row = new_delivery_row(webhook_id=webhook_id, kind=Kind.BATCH,
                                        event_type="batch", event_id=None, outbox_id=None,
-                                       event_count=len(items), state=State.PENDING, now=now)
+                                       event_count=len(events), state=State.PENDING, now=now)
                 row = (*row[:8], now, *row[9:])  # due now
-                await self.store.create_batches([(row, [i[0] for i in items])])
+                await self.store.create_batches([(row, webhook_id, events)])
                 count += 1
         return count
 
@@ -292,7 +293,7 @@ class Dispatcher:
         plan = plan_page(rows, self.matcher, self.max_bytes, self.clock.time())
         self.stats["events"] += plan.events
         self.stats["rejected"] += plan.rejected
-        base, item_base = await self.store.record_intake(plan.deliveries, plan.items, rows[-1][0])
+        base = await self.store.record_intake(plan.deliveries, plan.waiting_rows(), rows[-1][0])
         mono = self.clock.monotonic()
         global_full = self._queued() >= GLOBAL_QUEUE_CAP
         for webhook, event, index in plan.pushes:
@@ -304,9 +305,8 @@ class Dispatcher:
                 lane.push(Job(base + index, plan.deliveries[index - 1][0], Kind.EVENT, event.type,
                               event.id, event.body, 1, 0, 0))
             else:
-                lane.mark = item_base - index
-                lane.push(Item(item_base - index, event.outbox_id, event.id, event.type,
-                               event.body, mono))
+                lane.mark = event.outbox_id
+                lane.push(Item(event.outbox_id, event.id, event.type, event.body, mono))
             self._run_lane(lane)
 
     # -- lanes' database work -------------------------------------------------------------------
@@ -318,15 +318,15 @@ class Dispatcher:
         webhook_id = lane.webhook.id
         count: int
         if lane.webhook.batch:
-            rows = await self.store.spilled_items(webhook_id, lane.mark, room)
-            count = len(rows)
-            events = await self._events(r[1] for r in rows)
+            waiting = await self.store.waiting_events(webhook_id, lane.mark, room)
+            count = len(waiting)
+            bodies = await self._events(e[0] for e in waiting)
             mono = self.clock.monotonic()
-            for item_id, outbox_id, event_id, event_type in rows:
-                lane.mark = item_id
-                body = events.get(outbox_id)
+            for outbox_id, event_id, event_type in waiting:
+                lane.mark = outbox_id
+                body = bodies.get(outbox_id)
                 if body is not None:
-                    lane.queue.append(Item(item_id, outbox_id, event_id, event_type, body, mono))
+                    lane.push(Item(outbox_id, event_id, event_type, body, mono))
         else:
             deliveries = await self.store.spilled_deliveries(webhook_id, lane.mark, room)
             count = len(deliveries)
@@ -335,7 +335,7 @@ class Dispatcher:
                 if job is None:
                     self._gone(delivery, lane.webhook)
                 else:
-                    lane.queue.append(job)
+                    lane.push(job)
         if count < room and lane.spills == spills:
             lane.spilled = False
         return count
@@ -350,7 +350,8 @@ class Dispatcher:
                                event_id=None, outbox_id=None, event_count=len(items),
                                state=State.DELIVERING, now=now)
         done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._batches_to_write.append((row, [i.item_id for i in items], done))
+        events = [(i.outbox_id, i.event_id, i.event_type) for i in items]
+        self._batches_to_write.append((row, lane.webhook.id, events, done))
         if self._batch_writer is None or self._batch_writer.done():
             self._batch_writer = asyncio.create_task(self._write_batches(), name="batch-writer")
         delivery_id = await done
@@ -361,15 +362,15 @@ class Dispatcher:
         while self._batches_to_write:
             pending, self._batches_to_write = self._batches_to_write, []
             try:
-                ids = await self.store.create_batches([(row, items) for row, items, _ in pending])
+                ids = await self.store.create_batches([(row, w, ev) for row, w, ev, _ in pending])
             except BaseException as exc:
-                for _, _, done in pending:
+                for *_, done in pending:
                     if not done.done():
                         done.set_exception(exc)
                 if isinstance(exc, asyncio.CancelledError):
                     raise
                 continue
-            for (_, _, done), delivery_id in zip(pending, ids, strict=True):
+            for (*_, done), delivery_id in zip(pending, ids, strict=True):
                 if not done.done():
                     done.set_result(delivery_id)
 
@@ -395,7 +396,7 @@ class Dispatcher:
             if d.kind is Kind.EVENT:
                 body = event_bodies.get(d.outbox_id)  # type: ignore[arg-type]
             elif d.kind is Kind.BATCH:
-                items = await self.store.batch_items(d.id)
+                items = await self.store.batch_events(d.id)
                 found = await self._events(i[0] for i in items)
                 body = batch_body([found[i[0]] for i in items]) if len(found) == len(items) else None
             else:

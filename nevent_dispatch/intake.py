@@ -1,8 +1,8 @@
 """Intake, the pure part: a page of outbox rows into the rows to record and the work to queue.
 
 Owns the decision, per row, of what the history must hold — one delivery per
-(event, webhook) for normal webhooks, one waiting item per (event, webhook)
-for batch webhooks, one rejected record per refused event and webhook — before
+(event, webhook) for normal webhooks, the page's waiting events per batch
+webhook, one rejected record per refused event and webhook — before
 anything is sent. No I/O and no clock: the dispatcher records the plan in one
 transaction with the cursor, then queues the work.
 """
@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from .attempts import new_delivery_row
 from .envelope import BATCH_OVERHEAD, Rejection, parse_row
@@ -26,10 +28,15 @@ log = get_logger("nevent_dispatch")
 class Plan:
     #: ``deliveries`` rows (without ids) in the order they get ids.
     deliveries: list[tuple[Any, ...]] = field(default_factory=list)
-    #: ``batch_items`` rows (without ids) in the order they get ids.
-    items: list[tuple[Any, ...]] = field(default_factory=list)
-    #: (webhook, event, n): the n-th delivery row (n > 0) or the -n-th item row (n < 0).
+    #: Events waiting for a batch, by batch webhook: [outbox_id, event_id, type] in order.
+    waiting: dict[str, list[tuple[int, str, str]]] = field(default_factory=dict)
+    #: (webhook, event, n): the n-th delivery row (n > 0), or an event waiting for a batch (0).
     pushes: list[tuple[Webhook, Event, int]] = field(default_factory=list)
+
+    def waiting_rows(self) -> list[tuple[str, int, str]]:
+        """``batch_waiting`` rows: one per batch webhook of the page."""
+        return [(webhook_id, events[-1][0], orjson.dumps(events).decode())
+                for webhook_id, events in self.waiting.items()]
     events: int = 0
     rejected: int = 0
 
@@ -56,8 +63,11 @@ def plan_page(rows: Sequence[Any], matcher: Matcher, max_bytes: int, now: float)
                                         "payload too large to be wrapped in a batch"),
                         matcher, now, webhook.id)
             else:
-                plan.items.append((webhook.id, event.outbox_id, event.id, event.type))
-                plan.pushes.append((webhook, event, -len(plan.items)))
+                waiting = plan.waiting.get(webhook.id)
+                if waiting is None:
+                    waiting = plan.waiting[webhook.id] = []
+                waiting.append((event.outbox_id, event.id, event.type))
+                plan.pushes.append((webhook, event, 0))
     return plan
 
 

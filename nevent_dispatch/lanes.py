@@ -16,7 +16,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
 
-from .envelope import take_batch
+from .envelope import BATCH_OVERHEAD, take_batch
 from .models import Kind, Webhook
 from .ratelimit import TokenBucket
 
@@ -40,7 +40,6 @@ class Job:
 class Item:
     """An event waiting to be grouped into a batch."""
 
-    item_id: int
     outbox_id: int
     event_id: str
     event_type: str
@@ -83,8 +82,12 @@ class Lane:
         self.spilled = False
         #: Counts spills, so a refill racing with intake does not clear ``spilled`` too early.
         self.spills = 0
-        #: The highest delivery (or batch item) id this lane has taken; refills read above it.
+        #: The highest delivery id (batch mode: outbox id) this lane has taken; refills
+        #: read above it.
         self.mark = mark
+        #: Bytes of the event bodies, and count of the jobs, in the queue (batch planning).
+        self.item_bytes = 0
+        self.jobs = 0
         #: Set when the webhook went away or changed mode: the lane takes no more work.
         self.retired = False
         self._wake = asyncio.Event()
@@ -96,7 +99,26 @@ class Lane:
 
     def push(self, work: Job | Item) -> None:
         self.queue.append(work)
+        if isinstance(work, Item):
+            self.item_bytes += len(work.body)
+        else:
+            self.jobs += 1
         self._wake.set()
+
+    def _pop(self) -> Job | Item:
+        work = self.queue.popleft()
+        if isinstance(work, Item):
+            self.item_bytes -= len(work.body)
+        else:
+            self.jobs -= 1
+        return work
+
+    def clear(self) -> list[Job | Item]:
+        """Empty the queue; returns what it held."""
+        held = list(self.queue)
+        self.queue.clear()
+        self.item_bytes = self.jobs = 0
+        return held
 
     def spill(self) -> None:
         self.spilled = True
@@ -122,6 +144,13 @@ class Lane:
     def _plan_batch(self, now: float) -> tuple[int, float]:
         """(events to send, 0) or (0, seconds to wait for a fuller batch)."""
         host = self.host
+        head = self.queue[0]
+        assert isinstance(head, Item)
+        waited = now - head.queued_at
+        may_wait = waited < host.max_wait and not self.spilled and not host.stopping()
+        if may_wait and not self.jobs and len(self.queue) < host.max_events and (
+                BATCH_OVERHEAD + self.item_bytes + len(self.queue) <= host.max_bytes):
+            return 0, host.max_wait - waited  # every queued event fits and more may come
         items: list[int] = []
         for work in self.queue:
             if not isinstance(work, Item) or len(items) == host.max_events:
@@ -130,10 +159,7 @@ class Lane:
         count = take_batch(items, host.max_events, host.max_bytes)
         complete = count < len(items) or count == host.max_events or (
             count < len(self.queue))  # a job behind the items, or the bytes limit, closes the batch
-        head = self.queue[0]
-        assert isinstance(head, Item)
-        waited = now - head.queued_at
-        if complete or waited >= host.max_wait or self.spilled or host.stopping():
+        if complete or not may_wait:
             return count, 0.0
         return 0, host.max_wait - waited
 
@@ -171,10 +197,10 @@ class Lane:
             self.in_flight += 1
             try:
                 if isinstance(head, Item):
-                    items = [self.queue.popleft() for _ in range(count)]
+                    items = [self._pop() for _ in range(count)]
                     job = await host.make_batch(self, items)  # type: ignore[arg-type]
                 else:
-                    job = self.queue.popleft()  # type: ignore[assignment]
+                    job = self._pop()  # type: ignore[assignment]
                 self.bucket.take(count, host.monotonic())
             except BaseException:
                 self.in_flight -= 1

@@ -203,6 +203,7 @@ class Store:
             if cur.rowcount == 0:
                 raise NotFound(f"webhook {webhook_id!r} not found")
             await db.execute(Q["fail_orphans"], (now, webhook_id))
+            await db.execute(Q["forget_waiting"], (webhook_id,))
 
     async def get_webhook(self, webhook_id: str) -> Webhook:
         cur = await self._state.execute(Q["get_webhook"], (webhook_id,))
@@ -253,44 +254,50 @@ class Store:
     # -- deliveries: the daemon's writes ----------------------------------------------------
 
     async def record_intake(self, deliveries: Sequence[tuple[Any, ...]],
-                            items: Sequence[tuple[Any, ...]], cursor: int) -> tuple[int, int]:
-        """Insert a page's deliveries and batch items and advance the cursor, atomically.
+                            waiting: Sequence[tuple[str, int, str]], cursor: int) -> int:
+        """Insert a page's deliveries and waiting batch events and advance the cursor, atomically.
 
-        Rows follow ``insert_delivery`` / ``insert_batch_item`` without the id; they
-        get consecutive ids after the returned bases (assigned under the write lock,
-        so no other writer can interleave).
+        Deliveries follow ``insert_delivery`` without the id; they get consecutive ids
+        after the returned base (assigned under the write lock, so no other writer can
+        interleave). ``waiting`` rows follow ``insert_batch_waiting``.
         """
         async with self._write() as db:
-            base = item_base = 0
+            base = 0
             if deliveries:
                 base = await self._max(db, "max_delivery_id")
                 await db.executemany(Q["insert_delivery"],
                                      [(base + i, *row) for i, row in enumerate(deliveries, 1)])
-            if items:
-                item_base = await self._max(db, "max_batch_item_id")
-                await db.executemany(Q["insert_batch_item"],
-                                     [(item_base + i, *row) for i, row in enumerate(items, 1)])
+            if waiting:
+                await db.executemany(Q["insert_batch_waiting"], waiting)
             await db.execute(Q["set_cursor"], (cursor,))
-        return base, item_base
+        return base
 
     @staticmethod
     async def _max(db: aiosqlite.Connection, query: str) -> int:
         row = await (await db.execute(Q[query])).fetchone()
         return int(row[0]) if row else 0
 
-    async def marks(self) -> tuple[int, int]:
-        """The highest delivery and batch item ids: lanes refill only rows created after them."""
-        return (await self._max(self._state, "max_delivery_id"),
-                await self._max(self._state, "max_batch_item_id"))
+    async def delivery_mark(self) -> int:
+        """The highest delivery id: lanes refill only deliveries created after it."""
+        return await self._max(self._state, "max_delivery_id")
 
     async def spilled_deliveries(self, webhook_id: str, after: int, limit: int) -> list[Delivery]:
         cur = await self._state.execute(Q["spilled_deliveries"], (webhook_id, after, limit))
         return [_delivery(tuple(row)) for row in await cur.fetchall()]
 
-    async def spilled_items(self, webhook_id: str, after: int,
-                            limit: int) -> list[tuple[int, int, str, str]]:
-        cur = await self._state.execute(Q["spilled_items"], (webhook_id, after, limit))
-        return list(await cur.fetchall())  # type: ignore[arg-type]
+    async def waiting_events(self, webhook_id: str, after: int,
+                             limit: int) -> list[tuple[int, str, str]]:
+        """The oldest events of a batch-mode webhook waiting for a batch, after an outbox id.
+
+        (outbox_id, event_id, type) in outbox order; events already in a batch are skipped.
+        """
+        mark = await self._one(Q["batch_mark"], (webhook_id,))
+        after = max(after, mark or 0)
+        cur = await self._state.execute(Q["waiting_rows"], (webhook_id, after, limit))
+        events: list[tuple[int, str, str]] = []
+        for (blob,) in await cur.fetchall():
+            events.extend((e[0], e[1], e[2]) for e in orjson.loads(blob) if e[0] > after)
+        return events[:limit]
 
     async def release_claimed(self, delivery_ids: Sequence[int], now: float) -> None:
         async with self._write() as db:
@@ -313,20 +320,28 @@ class Store:
         await db.execute(Q["insert_delivery"], (base + 1, *row))
         return base + 1
 
-    async def create_batches(self, batches: Sequence[tuple[tuple[Any, ...], Sequence[int]]]
+    async def create_batches(self, batches: Sequence[tuple[tuple[Any, ...], str,
+                                                          Sequence[tuple[int, str, str]]]]
                              ) -> list[int]:
-        """Insert batch deliveries and put their events (batch item ids) in them, atomically.
+        """Insert batch deliveries with their events and mark those events batched, atomically.
 
-        Every batch formed meanwhile by any lane is written in one transaction.
+        Each batch is (deliveries row without the id, webhook id, events in outbox
+        order). Every batch formed meanwhile by any lane is written in one transaction.
         """
         async with self._write() as db:
             base = await self._max(db, "max_delivery_id")
+            ids = range(base + 1, base + 1 + len(batches))
             await db.executemany(Q["insert_delivery"],
-                                 [(base + i, *row) for i, (row, _) in enumerate(batches, 1)])
-            await db.executemany(Q["assign_batch_items"],
-                                 [(base + i, item) for i, (_, items) in enumerate(batches, 1)
-                                  for item in items])
-        return [base + i for i in range(1, len(batches) + 1)]
+                                 [(i, *row) for i, (row, _, _) in zip(ids, batches, strict=True)])
+            await db.executemany(Q["insert_batch_contents"],
+                                 [(i, orjson.dumps(events).decode())
+                                  for i, (_, _, events) in zip(ids, batches, strict=True)])
+            last: dict[str, int] = {}
+            for _, webhook_id, events in batches:
+                last[webhook_id] = max(last.get(webhook_id, 0), events[-1][0])
+            await db.executemany(Q["set_batch_mark"], list(last.items()))
+            await db.executemany(Q["drop_batched_waiting"], list(last.items()))
+        return list(ids)
 
     async def record_results(self, attempts: Sequence[tuple[Any, ...]],
                              finishes: Sequence[tuple[Any, ...]]) -> None:
@@ -340,17 +355,14 @@ class Store:
             cur = await db.execute(Q["recover_claimed"], (now, now))
             return cur.rowcount
 
-    async def unbatched_webhooks(self) -> list[str]:
-        cur = await self._state.execute(Q["unbatched_webhooks"])
+    async def waiting_webhooks(self) -> list[str]:
+        cur = await self._state.execute(Q["waiting_webhooks"])
         return [r[0] for r in await cur.fetchall()]
 
-    async def unbatched_items(self, webhook_id: str, limit: int) -> list[tuple[int, int, str, str]]:
-        cur = await self._state.execute(Q["unbatched_items"], (webhook_id, limit))
-        return list(await cur.fetchall())  # type: ignore[arg-type]
-
-    async def batch_items(self, delivery_id: int) -> list[tuple[int, str, str]]:
-        cur = await self._state.execute(Q["batch_items_of"], (delivery_id,))
-        return list(await cur.fetchall())  # type: ignore[arg-type]
+    async def batch_events(self, delivery_id: int) -> list[tuple[int, str, str]]:
+        """The events a batch delivery carries: (outbox_id, event_id, type) in order."""
+        blob = await self._one(Q["batch_contents_of"], (delivery_id,))
+        return [] if blob is None else [(e[0], e[1], e[2]) for e in orjson.loads(blob)]
 
     async def claim_due(self, now: float, limit: int) -> list[tuple[Delivery, bytes | None]]:
         """Take up to ``limit`` due deliveries into the daemon; returns them with test bodies."""

@@ -33,6 +33,17 @@ from nevent_dispatch.dispatcher import Dispatcher
 from nevent_dispatch.publish import publish
 from nevent_dispatch.store import Store
 
+#: Every (outbox_id, webhook_id) a batch-mode webhook holds in the state database: carried
+#: by a batch delivery, or still waiting for one (after the webhook's batch mark).
+BATCH_EVENTS_SQL = """
+SELECT json_extract(e.value, '$[0]') AS outbox_id, d.webhook_id AS webhook_id
+FROM batch_contents c JOIN deliveries d ON d.id = c.delivery_id, json_each(c.events) e
+UNION ALL
+SELECT json_extract(e.value, '$[0]'), w.webhook_id FROM batch_waiting w, json_each(w.events) e
+WHERE json_extract(e.value, '$[0]') > coalesce(
+    (SELECT m.outbox_id FROM batch_marks m WHERE m.webhook_id = w.webhook_id), 0)
+"""
+
 
 def free_port() -> int:
     """A port on 127.0.0.1 that nothing listens on (bound, then released)."""

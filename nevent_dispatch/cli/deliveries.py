@@ -222,7 +222,7 @@ def _cmd_show(args: argparse.Namespace, config: Config) -> int:
 
     async def work(store: Store) -> tuple[Delivery, list[Attempt], list[tuple[Any, ...]]]:
         delivery = await store.get_delivery(args.delivery)
-        return delivery, await store.attempts(delivery.id), await store.batch_items(delivery.id)
+        return delivery, await store.attempts(delivery.id), await store.batch_events(delivery.id)
 
     delivery, attempts, items = with_store(config, work)
     if args.json:

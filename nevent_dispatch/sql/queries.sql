@@ -59,30 +59,43 @@ INSERT INTO deliveries (id, uuid, webhook_id, kind, event_type, event_id, outbox
                         last_status, last_error, body)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?, ?, NULL, ?, ?);
 
--- name: max_batch_item_id
--- The highest batch item id; ids of a new page are assigned after it under the write lock.
-SELECT coalesce(max(id), 0) FROM batch_items;
+-- name: insert_batch_waiting
+-- The events of one page waiting for a batch of one batch-mode webhook.
+INSERT INTO batch_waiting (webhook_id, last_outbox_id, events) VALUES (?, ?, ?);
 
--- name: insert_batch_item
--- An event waiting for a batch of a batch-mode webhook.
-INSERT INTO batch_items (id, webhook_id, outbox_id, event_id, event_type) VALUES (?, ?, ?, ?, ?);
+-- name: insert_batch_contents
+-- The events a new batch delivery carries.
+INSERT INTO batch_contents (delivery_id, events) VALUES (?, ?);
 
--- name: assign_batch_items
--- Put the events of a batch in it.
-UPDATE batch_items SET delivery_id = ? WHERE id = ?;
+-- name: set_batch_mark
+-- A webhook's events up to this outbox id are in batches.
+INSERT INTO batch_marks (webhook_id, outbox_id) VALUES (?, ?)
+ON CONFLICT (webhook_id) DO UPDATE SET outbox_id = max(outbox_id, excluded.outbox_id);
 
--- name: unbatched_webhooks
--- Webhooks that have events waiting for a batch (after a restart).
-SELECT DISTINCT webhook_id FROM batch_items WHERE delivery_id IS NULL;
+-- name: drop_batched_waiting
+-- Waiting rows whose events are all in batches now.
+DELETE FROM batch_waiting WHERE webhook_id = ? AND last_outbox_id <= ?;
 
--- name: unbatched_items
--- The oldest events waiting for a batch of one webhook.
-SELECT id, outbox_id, event_id, event_type FROM batch_items
-WHERE webhook_id = ? AND delivery_id IS NULL ORDER BY id LIMIT ?;
+-- name: waiting_webhooks
+-- Webhooks that may have events waiting for a batch (after a restart).
+SELECT DISTINCT webhook_id FROM batch_waiting;
 
--- name: batch_items_of
+-- name: batch_mark
+-- The last outbox id in a batch of one webhook (NULL: none yet).
+SELECT outbox_id FROM batch_marks WHERE webhook_id = ?;
+
+-- name: waiting_rows
+-- Waiting rows of one webhook holding events after an outbox id, oldest first.
+SELECT events FROM batch_waiting WHERE webhook_id = ? AND last_outbox_id > ?
+ORDER BY last_outbox_id LIMIT ?;
+
+-- name: batch_contents_of
 -- The events a batch carries, in order.
-SELECT outbox_id, event_id, event_type FROM batch_items WHERE delivery_id = ? ORDER BY id;
+SELECT events FROM batch_contents WHERE delivery_id = ?;
+
+-- name: forget_waiting
+-- A deleted webhook's events waiting for a batch are dropped with it.
+DELETE FROM batch_waiting WHERE webhook_id = ?;
 
 -- name: insert_attempt
 -- Record one attempt.
@@ -115,11 +128,6 @@ WHERE d.state IN ('pending', 'delivering') AND w.active = 1;
 SELECT * FROM deliveries
 WHERE webhook_id = ? AND kind = 'event' AND state = 'delivering' AND id > ?
 ORDER BY id LIMIT ?;
-
--- name: spilled_items
--- Events waiting for a batch of a lane that was full, oldest first, after the lane's mark.
-SELECT id, outbox_id, event_id, event_type FROM batch_items
-WHERE webhook_id = ? AND delivery_id IS NULL AND id > ? ORDER BY id LIMIT ?;
 
 -- name: fail_orphans
 -- A deleted webhook's unfinished deliveries end as failed.

@@ -46,7 +46,7 @@ async def test_the_history_shows_which_events_each_batch_carried(store, make_rec
     await drain(store.config, store)
     batches = await store.list_deliveries(webhook_id=webhook.id)
     assert all(b.kind is Kind.BATCH and b.state is State.DELIVERED for b in batches)
-    carried = [item[1] for b in batches for item in await store.batch_items(b.id)]
+    carried = [item[1] for b in batches for item in await store.batch_events(b.id)]
     assert sorted(carried) == sorted(e["id"] for e in receiver.events())
     assert sum(b.event_count for b in batches) == 150
 

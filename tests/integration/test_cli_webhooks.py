@@ -13,6 +13,8 @@ from typing import Any
 import orjson
 import pytest
 
+from nevent_dispatch.store import SCHEMA_VERSION
+
 from ..conftest import one_line_error
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
@@ -89,7 +91,7 @@ def test_init_creates_both_databases_and_is_idempotent(tmp_path: Path, config_pa
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip() == (
             f"initialised outbox {tmp_path / 'app.db'} and state {tmp_path / 'state.db'} "
-            "(schema v1)")
+            f"(schema v{SCHEMA_VERSION})")
     assert (tmp_path / "app.db").is_file() and (tmp_path / "state.db").is_file()
 
 

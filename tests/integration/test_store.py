@@ -6,6 +6,7 @@ import sqlite3
 import stat
 from pathlib import Path
 
+import orjson
 import pytest
 
 import nevent_dispatch
@@ -27,7 +28,8 @@ async def test_init_creates_every_table_from_empty_files_and_is_idempotent(tmp_p
         await store.close()
     state = sqlite3.connect(config.database.state)
     tables = {r[0] for r in state.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    assert {"webhooks", "deliveries", "attempts", "batch_items", "meta"} <= tables
+    assert {"webhooks", "deliveries", "attempts", "batch_contents", "batch_waiting",
+            "batch_marks", "meta"} <= tables
     assert state.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     assert state.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     app = sqlite3.connect(config.database.outbox)
@@ -106,5 +108,38 @@ async def test_a_write_cancelled_at_any_point_leaves_no_transaction_open(tmp_pat
                 await asyncio.gather(task, return_exceptions=True)
         await store.record_results([], [])
         assert await store.recover_claimed(0.0) == 0
+    finally:
+        await store.close()
+
+
+async def test_batch_events_are_stored_per_page_and_leave_waiting_once_batched(tmp_path):
+    """A page's waiting events are one row; a batch takes some, the rest still wait, in order."""
+    from nevent_dispatch.attempts import new_delivery_row
+    from nevent_dispatch.models import Kind, State
+
+    store = await Store.open(_config(tmp_path))
+    try:
+        page = [(n, f"evt_{n}", "fan.created") for n in (3, 5, 8, 9, 12)]
+        await store.record_intake([], [("wh_a", 12, orjson.dumps(page).decode()),
+                                       ("wh_b", 4, orjson.dumps([(4, "evt_4", "x")]).decode())],
+                                  cursor=12)
+        assert await store.cursor() == 12
+        assert await store.waiting_events("wh_a", 0, 100) == page
+        assert await store.waiting_events("wh_a", 5, 2) == page[2:4]  # after a lane's mark
+
+        def batch_row(count: int) -> tuple:
+            return new_delivery_row(webhook_id="wh_a", kind=Kind.BATCH, event_type="batch",
+                                    event_id=None, outbox_id=None, event_count=count,
+                                    state=State.DELIVERING, now=1.0)
+
+        [first] = await store.create_batches([(batch_row(3), "wh_a", page[:3])])
+        assert await store.batch_events(first) == page[:3]
+        assert await store.waiting_events("wh_a", 0, 100) == page[3:]
+        assert sorted(await store.waiting_webhooks()) == ["wh_a", "wh_b"]
+
+        [second] = await store.create_batches([(batch_row(2), "wh_a", page[3:])])
+        assert await store.batch_events(second) == page[3:]
+        assert await store.waiting_events("wh_a", 0, 100) == []
+        assert await store.waiting_webhooks() == ["wh_b"]  # wh_a's fully batched row is gone
     finally:
         await store.close()

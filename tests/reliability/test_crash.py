@@ -23,6 +23,7 @@ import pytest
 
 from nevent_dispatch.publish import publish
 
+from ..conftest import BATCH_EVENTS_SQL
 from .conftest import SEED_ENV
 
 KILLS = 24
@@ -137,7 +138,7 @@ async def test_kill_9_at_random_moments_loses_no_event(
             "SELECT outbox_id, webhook_id, count(*) FROM deliveries WHERE kind = 'event' "
             "GROUP BY 1, 2 HAVING count(*) != 1").fetchall()
         per_item = state.execute(
-            "SELECT outbox_id, webhook_id, count(*) FROM batch_items "
+            f"SELECT outbox_id, webhook_id, count(*) FROM ({BATCH_EVENTS_SQL}) "
             "GROUP BY 1, 2 HAVING count(*) != 1").fetchall()
         unfinished = state.execute(
             "SELECT state, count(*) FROM deliveries WHERE state != 'delivered' GROUP BY 1"

@@ -23,7 +23,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from ..conftest import Receiver
+from ..conftest import BATCH_EVENTS_SQL, Receiver
 
 ORGS = 40
 BASELINE_EVENTS = 300
@@ -35,7 +35,7 @@ MIXED_TYPES = ("fan.created", "purchase.completed", "attendance.checked_in", "em
 
 #: The checker: pairs (outbox row, active webhook) the subscriptions call for, against the
 #: deliveries and batch items recorded; any row of the result is an inconsistency.
-CHECKER = """
+CHECKER = f"""
 WITH expected AS (
     SELECT o.id AS outbox_id, w.id AS webhook_id
     FROM app.outbox o JOIN webhooks w ON w.organization_id = o.organization_id AND w.active = 1
@@ -47,7 +47,7 @@ WITH expected AS (
 ), recorded AS (
     SELECT outbox_id, webhook_id FROM deliveries WHERE kind = 'event'
     UNION ALL
-    SELECT outbox_id, webhook_id FROM batch_items
+    SELECT outbox_id, webhook_id FROM ({BATCH_EVENTS_SQL})
 ), counted AS (
     SELECT outbox_id, webhook_id, count(*) AS n FROM recorded GROUP BY outbox_id, webhook_id
 )

@@ -53,7 +53,7 @@ def v1_config(tmp_path: Path, make_config: Any) -> Any:
 
 def test_the_fixture_is_what_its_generator_builds(tmp_path):
     """The committed databases match make_state_v1.py (rebuild them if this fails)."""
-    asyncio.run(v1.build(tmp_path / "state.db", tmp_path / "app.db"))
+    v1.build(tmp_path / "state.db", tmp_path / "app.db")
 
     def dump(path: Path) -> list[str]:
         conn = sqlite3.connect(path)
@@ -81,7 +81,7 @@ async def test_a_version_1_state_database_opens_with_nothing_lost(v1_config):
         attempts = await store.attempts(failed.id)
         assert [a.status for a in attempts] == [500] * 6 and attempts[0].response == "boom"
         batch = await store.get_delivery(v1.delivery_uuid(9))
-        assert [i[1] for i in await store.batch_items(batch.id)] == [
+        assert [i[1] for i in await store.batch_events(batch.id)] == [
             "evt_000000000000000000000002", "evt_000000000000000000000003"]
         test = await store.get_delivery(v1.delivery_uuid(10))
         assert b"evt_test0000000000000000001" in (await store.delivery_body(test.id) or b"")

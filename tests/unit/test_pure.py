@@ -6,8 +6,9 @@ import orjson
 import pytest
 
 from nevent_dispatch.envelope import BATCH_OVERHEAD, Rejection, batch_body, parse_row, take_batch
+from nevent_dispatch.lanes import Item, Job, Lane
 from nevent_dispatch.matcher import Matcher, type_predicate
-from nevent_dispatch.models import Outcome, Webhook
+from nevent_dispatch.models import Kind, Outcome, Webhook
 from nevent_dispatch.ratelimit import TokenBucket
 from nevent_dispatch.retry import next_attempt_at, parse_retry_after
 
@@ -189,3 +190,45 @@ def test_matcher_applies_compiled_filters():
     assert matcher.match("a", "purchase.completed", {"data": {"total": 170}})
     assert not matcher.match("a", "purchase.completed", {"data": {"total": 50}})
     assert len(compiled) == 1
+
+
+class _BatchHost:
+    """The parts of a lane host that batch planning reads."""
+
+    max_events = 100
+    max_wait = 5.0
+    speed = 1.0
+    max_bytes = 1000
+    per_webhook = 4
+
+    def stopping(self) -> bool:
+        return False
+
+
+def _lane_with(*sizes: int) -> Lane:
+    lane = Lane(Webhook(id="wh_1", organization_id="org", name="n", url="https://x.test/",
+                        secret="whsec_x", events=("*",), filter=None, batch=True, retries=True,
+                        rate_limit=None, active=True, created_at=0.0, updated_at=0.0),
+                TokenBucket(60, 10, 0.0), _BatchHost(), cap=512, mark=0)  # type: ignore[arg-type]
+    for n, size in enumerate(sizes):
+        lane.push(Item(n, f"evt_{n}", "fan.created", b"x" * size, 0.0))
+    return lane
+
+
+def test_a_batch_waits_while_more_events_fit_and_goes_when_full_or_old():
+    assert _lane_with(300, 300, 300)._plan_batch(1.0) == (0, 4.0)  # 929 bytes: room left
+    assert _lane_with(300, 300, 300, 300)._plan_batch(1.0) == (3, 0.0)  # the 4th overflows
+    assert _lane_with(300, 300)._plan_batch(5.0) == (2, 0.0)  # waited max_wait
+    lane = _lane_with(*[1] * 100)
+    assert lane._plan_batch(0.0) == (100, 0.0)  # max_events
+    for _ in range(100):
+        lane._pop()
+    assert (lane.item_bytes, lane.jobs, len(lane.queue)) == (0, 0, 0)
+
+
+def test_a_job_behind_waiting_events_closes_their_batch():
+    lane = _lane_with(10, 10)
+    lane.push(Job(7, "uuid", Kind.BATCH, "batch", None, b"{}", 3, 1, 0))
+    assert lane._plan_batch(0.0) == (2, 0.0)
+    assert [type(w).__name__ for w in lane.clear()] == ["Item", "Item", "Job"]
+    assert (lane.item_bytes, lane.jobs) == (0, 0)
