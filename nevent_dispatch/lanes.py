@@ -11,7 +11,6 @@ from there in order. It must not send or write anything itself: its host does.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
@@ -65,6 +64,11 @@ class Host(Protocol):
     def start_attempt(self, lane: Lane, job: Job) -> None: ...
 
 
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 class Lane:
     def __init__(self, webhook: Webhook, bucket: TokenBucket, host: Host, *, cap: int,
                  mark: int) -> None:
@@ -90,7 +94,12 @@ class Lane:
         self.jobs = 0
         #: Set when the webhook went away or changed mode: the lane takes no more work.
         self.retired = False
-        self._wake = asyncio.Event()
+        #: Set by ``poke``: something changed since the loop last looked.
+        self._poked = False
+        self._waiter: asyncio.Future[None] | None = None
+        #: The loop sleeps until its batch is full (or old enough): pushes of events that
+        #: still leave room do not wake it.
+        self._filling = False
         self.task: asyncio.Task[None] | None = None
 
     @property
@@ -103,7 +112,15 @@ class Lane:
             self.item_bytes += len(work.body)
         else:
             self.jobs += 1
-        self._wake.set()
+        if self._filling and not self.jobs and self._room():
+            return
+        self.poke()
+
+    def _room(self) -> bool:
+        """True while the queued events fit one batch with room for more."""
+        host = self.host
+        return len(self.queue) < host.max_events and (
+            BATCH_OVERHEAD + self.item_bytes + len(self.queue) <= host.max_bytes)
 
     def _pop(self) -> Job | Item:
         work = self.queue.popleft()
@@ -123,9 +140,13 @@ class Lane:
     def spill(self) -> None:
         self.spilled = True
         self.spills += 1
+        self.poke()
 
     def poke(self) -> None:
-        self._wake.set()
+        self._poked = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def settled(self, healthy: bool) -> None:
         """Adapt the in-flight limit to how the endpoint answered (additive up, halving down)."""
@@ -134,12 +155,23 @@ class Lane:
         else:
             self.limit = max(1, self.limit // 2)
 
-    async def _sleep(self, timeout: float | None) -> None:
-        """Wait ``timeout`` clock seconds, or until poked."""
-        if timeout is not None:
-            timeout /= self.host.speed
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout)
+    async def _sleep(self, timeout: float | None, *, filling: bool = False) -> None:
+        """Wait ``timeout`` clock seconds, or until poked (a bare future and timer: lanes
+        sleep and wake once per page in batch mode, where ``wait_for`` costs a task)."""
+        if self._poked:
+            return
+        loop = asyncio.get_running_loop()
+        self._waiter = waiter = loop.create_future()
+        self._filling = filling
+        timer = None if timeout is None else loop.call_later(
+            timeout / self.host.speed, _wake, waiter)
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+            self._filling = False
+            if timer is not None:
+                timer.cancel()
 
     def _plan_batch(self, now: float) -> tuple[int, float]:
         """(events to send, 0) or (0, seconds to wait for a fuller batch)."""
@@ -148,8 +180,7 @@ class Lane:
         assert isinstance(head, Item)
         waited = now - head.queued_at
         may_wait = waited < host.max_wait and not self.spilled and not host.stopping()
-        if may_wait and not self.jobs and len(self.queue) < host.max_events and (
-                BATCH_OVERHEAD + self.item_bytes + len(self.queue) <= host.max_bytes):
+        if may_wait and not self.jobs and self._room():
             return 0, host.max_wait - waited  # every queued event fits and more may come
         items: list[int] = []
         for work in self.queue:
@@ -168,7 +199,7 @@ class Lane:
         host = self.host
         idle_refills = 0
         while not host.stopping() and not self.retired:
-            self._wake.clear()
+            self._poked = False
             if self.spilled and len(self.queue) < self.cap // 2:
                 if await host.refill(self) == 0 and not self.queue:
                     idle_refills += 1
@@ -182,7 +213,7 @@ class Lane:
             if isinstance(head, Item):
                 count, wait = self._plan_batch(now)
                 if wait > 0:
-                    await self._sleep(wait)
+                    await self._sleep(wait, filling=True)
                     continue
             else:
                 count = head.event_count

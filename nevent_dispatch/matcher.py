@@ -50,6 +50,8 @@ class Matcher:
             self._by_org.setdefault(webhook.organization_id, []).append(
                 (type_predicate(webhook.events), Route(webhook, predicate)))
         self._routes: dict[tuple[str, str], tuple[Route, ...]] = {}
+        #: Per (org, type) whose routes have no filter: the webhooks themselves.
+        self._unfiltered: dict[tuple[str, str], tuple[Webhook, ...]] = {}
 
     def routes(self, organization_id: str, event_type: str) -> tuple[Route, ...]:
         """Webhooks of the organization subscribed to the type, before filters."""
@@ -64,7 +66,17 @@ class Matcher:
         return found
 
     def match(self, organization_id: str, event_type: str,
-              envelope: Mapping[str, Any]) -> list[Webhook]:
+              envelope: Mapping[str, Any]) -> Sequence[Webhook]:
         """The webhooks that receive the event: same organization, type subscribed, filter passes."""
-        return [route.webhook for route in self.routes(organization_id, event_type)
+        key = (organization_id, event_type)
+        webhooks = self._unfiltered.get(key)
+        if webhooks is not None:
+            return webhooks
+        routes = self.routes(organization_id, event_type)
+        if all(route.filter is None for route in routes):
+            if len(self._unfiltered) > 100_000:
+                self._unfiltered.clear()
+            webhooks = self._unfiltered[key] = tuple(route.webhook for route in routes)
+            return webhooks
+        return [route.webhook for route in routes
                 if route.filter is None or route.filter(envelope)]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 
 class State(StrEnum):
@@ -62,9 +62,11 @@ class Kind(StrEnum):
     TEST = "test"
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
-    """An outbox row that passed intake: its envelope is serialized once into ``body``."""
+class Event(NamedTuple):
+    """An outbox row that passed intake: its envelope is serialized once into ``body``.
+
+    A named tuple: one is made per event read, and it is the cheapest immutable record.
+    """
 
     outbox_id: int
     id: str

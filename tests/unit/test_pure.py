@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from nevent_dispatch.envelope import BATCH_OVERHEAD, Rejection, batch_body, parse_row, take_batch
 from nevent_dispatch.lanes import Item, Job, Lane
@@ -232,3 +234,21 @@ def test_a_job_behind_waiting_events_closes_their_batch():
     assert lane._plan_batch(0.0) == (2, 0.0)
     assert [type(w).__name__ for w in lane.clear()] == ["Item", "Item", "Job"]
     assert (lane.item_bytes, lane.jobs) == (0, 0)
+
+
+_TEXTS = st.one_of(st.sampled_from([b"", b" ", b"org_a", b"fan.created", b"a\x00b", b"\xff\xfe",
+                                    "str", 7]), st.binary(max_size=6))
+_DATA = st.one_of(st.sampled_from([b'{"a":1}', b"[1]", b"{", b'{"x":"\xff"}', b"null", b"{}",
+                                   b'{"n":' + b"[" * 600 + b"]" * 600 + b"}"]),
+                  st.binary(max_size=12))
+
+
+@given(event_id=_TEXTS, type_=_TEXTS, org=_TEXTS, data=_DATA,
+       created=st.sampled_from([1_700_000_000, True, 1.5, None, "1"]))
+def test_the_fast_intake_path_decides_exactly_as_the_checked_one(event_id, type_, org, data,
+                                                                   created):
+    from nevent_dispatch.envelope import _parse_checked
+
+    row = (42, event_id, type_, org, data, created)
+    for limit in (40, 65_536):
+        assert parse_row(row, limit) == _parse_checked(row, limit)
