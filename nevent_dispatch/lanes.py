@@ -173,6 +173,28 @@ class Lane:
             if timer is not None:
                 timer.cancel()
 
+    async def next_ready(self) -> Job | None:
+        """The head job, taken with its slots, if it may go at once; else None (never waits).
+
+        Batches (planned by ``run``) and a spilled lane running low (``run`` refills it)
+        are left to the loop, and so is a slot another lane is waiting for.
+        """
+        host = self.host
+        if (not self.queue or self.retired or host.stopping() or self.in_flight >= self.limit
+                or host.slots.locked() or (self.spilled and len(self.queue) < self.cap // 2)):
+            return None
+        head = self.queue[0]
+        if not isinstance(head, Job):
+            return None
+        now = host.monotonic()
+        if self.bucket.wait(head.event_count, now) > 0:
+            return None
+        await host.slots.acquire()  # free: returns without suspending
+        self.in_flight += 1
+        self._pop()
+        self.bucket.take(head.event_count, now)
+        return head
+
     def _plan_batch(self, now: float) -> tuple[int, float]:
         """(events to send, 0) or (0, seconds to wait for a fuller batch)."""
         host = self.host

@@ -17,6 +17,8 @@ import structlog
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
            "error": logging.ERROR}
 _SECRET_WORDS = ("secret", "password", "token", "authorization", "signature")
+#: The configured threshold, so hot paths can skip building a line nobody will see.
+_threshold = logging.INFO
 #: Verdicts per key name: log lines reuse a handful of keys, so each is judged once.
 _SECRET_KEYS: dict[str, bool] = {}
 
@@ -40,6 +42,8 @@ def _drop_secrets(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, 
 
 def configure(*, fmt: str = "json", level: str = "info", stream: Any = None) -> None:
     """Configure structlog for the whole process (idempotent)."""
+    global _threshold
+    _threshold = _LEVELS[level]
     stream = stream or sys.stdout
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
@@ -60,6 +64,11 @@ def configure(*, fmt: str = "json", level: str = "info", stream: Any = None) -> 
         logger_factory=factory,
         cache_logger_on_first_use=True,
     )
+
+
+def enabled(level: str) -> bool:
+    """Whether lines of ``level`` are written (checked before building costly ones)."""
+    return _LEVELS[level] >= _threshold
 
 
 def get_logger(name: str) -> Any:

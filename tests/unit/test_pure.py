@@ -252,3 +252,35 @@ def test_the_fast_intake_path_decides_exactly_as_the_checked_one(event_id, type_
     row = (42, event_id, type_, org, data, created)
     for limit in (40, 65_536):
         assert parse_row(row, limit) == _parse_checked(row, limit)
+
+
+def test_delivery_ids_are_unique_time_ordered_uuid7():
+    import uuid
+
+    from nevent_dispatch.attempts import new_delivery_uuid
+
+    ids = [new_delivery_uuid(1_700_000_000.0 + n / 1000) for n in range(5000)]
+    parsed = [uuid.UUID(i) for i in ids]
+    assert all(u.version == 7 and u.variant == uuid.RFC_4122 and str(u) == i
+               for u, i in zip(parsed, ids, strict=True))
+    assert len(set(ids)) == len(ids)
+    assert [i[:13] for i in ids] == sorted(i[:13] for i in ids)  # milliseconds lead
+    assert ids[0].startswith(f"{1_700_000_000_000:012x}"[:8])
+
+
+def test_a_forked_child_draws_other_delivery_ids_than_its_parent():
+    import os
+
+    from nevent_dispatch.attempts import new_delivery_uuid
+
+    new_delivery_uuid(0.0)  # the pool holds bytes the child must not reuse
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.write(write, new_delivery_uuid(0.0).encode())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 100).decode()
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert child != new_delivery_uuid(0.0)
