@@ -296,17 +296,20 @@ class Dispatcher:
         base = await self.store.record_intake(plan.deliveries, plan.waiting_rows(), rows[-1][0])
         mono = self.clock.monotonic()
         global_full = self._queued() >= GLOBAL_QUEUE_CAP
-        for webhook, event, index in plan.pushes:
+        rows = plan.deliveries
+        for webhook, work in plan.pushes.values():
             lane = self._lane(webhook)
-            if global_full or lane.full:
+            room = 0 if global_full or lane.full else lane.cap - len(lane.queue)
+            taken = work[:room] if room < len(work) else work
+            if taken and webhook.batch:
+                lane.mark = taken[-1][0].outbox_id
+                lane.extend([Item(e.outbox_id, e.id, e.type, e.body, mono) for e, _ in taken])
+            elif taken:
+                lane.mark = base + taken[-1][1]
+                lane.extend([Job(base + n, rows[n - 1][0], Kind.EVENT, e.type, e.id, e.body,
+                                 1, 0, 0) for e, n in taken])
+            if len(taken) < len(work):
                 lane.spill()  # recorded: the lane refills from the database in order
-            elif index > 0:
-                lane.mark = base + index
-                lane.push(Job(base + index, plan.deliveries[index - 1][0], Kind.EVENT, event.type,
-                              event.id, event.body, 1, 0, 0))
-            else:
-                lane.mark = event.outbox_id
-                lane.push(Item(event.outbox_id, event.id, event.type, event.body, mono))
             self._run_lane(lane)
 
     # -- lanes' database work -------------------------------------------------------------------

@@ -30,8 +30,15 @@ class Plan:
     deliveries: list[tuple[Any, ...]] = field(default_factory=list)
     #: Events waiting for a batch, by batch webhook: [outbox_id, event_id, type] in order.
     waiting: dict[str, list[tuple[int, str, str]]] = field(default_factory=dict)
-    #: (webhook, event, n): the n-th delivery row (n > 0), or an event waiting for a batch (0).
-    pushes: list[tuple[Webhook, Event, int]] = field(default_factory=list)
+    #: By webhook id, the webhook and its work in order: (event, n) for the n-th delivery
+    #: row (n > 0), or an event waiting for a batch (n = 0).
+    pushes: dict[str, tuple[Webhook, list[tuple[Event, int]]]] = field(default_factory=dict)
+
+    def _push(self, webhook: Webhook, event: Event, n: int) -> None:
+        found = self.pushes.get(webhook.id)
+        if found is None:
+            found = self.pushes[webhook.id] = (webhook, [])
+        found[1].append((event, n))
 
     def waiting_rows(self) -> list[tuple[str, int, str]]:
         """``batch_waiting`` rows: one per batch webhook of the page."""
@@ -56,7 +63,7 @@ def plan_page(rows: Sequence[Any], matcher: Matcher, max_bytes: int, now: float)
                     webhook_id=webhook.id, kind=Kind.EVENT, event_type=event.type,
                     event_id=event.id, outbox_id=event.outbox_id, event_count=1,
                     state=State.DELIVERING, now=now))
-                plan.pushes.append((webhook, event, len(plan.deliveries)))
+                plan._push(webhook, event, len(plan.deliveries))
             elif len(event.body) + BATCH_OVERHEAD > max_bytes:
                 _reject(plan, Rejection(event.outbox_id, event.id, event.type,
                                         event.organization_id,
@@ -67,7 +74,7 @@ def plan_page(rows: Sequence[Any], matcher: Matcher, max_bytes: int, now: float)
                 if waiting is None:
                     waiting = plan.waiting[webhook.id] = []
                 waiting.append((event.outbox_id, event.id, event.type))
-                plan.pushes.append((webhook, event, 0))
+                plan._push(webhook, event, 0)
     return plan
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -107,11 +108,15 @@ class Lane:
         return self.spilled or len(self.queue) >= self.cap
 
     def push(self, work: Job | Item) -> None:
-        self.queue.append(work)
-        if isinstance(work, Item):
-            self.item_bytes += len(work.body)
+        self.extend((work,))
+
+    def extend(self, works: Sequence[Job | Item]) -> None:
+        """Queue work (all jobs or all events) in order; wake the loop if it has use for it."""
+        self.queue.extend(works)
+        if isinstance(works[0], Item):
+            self.item_bytes += sum([len(w.body) for w in works])
         else:
-            self.jobs += 1
+            self.jobs += len(works)
         if self._filling and not self.jobs and self._room():
             return
         self.poke()

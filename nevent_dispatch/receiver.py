@@ -26,14 +26,16 @@ import unicodedata
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import orjson
-from aiohttp import web
 
 from . import signing
 from .catalog import BATCH_TYPE
 from .errors import DispatchError, SignatureError
+
+if TYPE_CHECKING:  # aiohttp's server side is imported when serving: the daemon never needs it
+    from aiohttp import web
 
 __all__ = ["DEFAULT_PORT", "make_ssl_context", "serve"]
 
@@ -149,6 +151,8 @@ def _emit(out: TextIO, text: str) -> None:
 def _make_handler(
     *, secret: str | None, tolerance: int, plan: _StatusPlan, json_lines: bool, out: TextIO
 ) -> Any:
+    from aiohttp import web
+
     async def handle(request: web.Request) -> web.Response:
         raw = await request.read()
         received_at = time.time()
@@ -220,6 +224,8 @@ async def serve(
     with probability ``fail_rate``. ``port=0`` picks a free port; the
     ``listening on`` line shows the real one. ``ready`` is set once bound.
     """
+    from aiohttp import web
+
     out = sys.stdout if out is None else out
     plan = _StatusPlan(statuses, fail_rate, seed)
     ssl_context: ssl.SSLContext | None = None

@@ -180,8 +180,8 @@ class Store:
             await asyncio.shield(self._state.commit())
 
     async def _one(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        row = await (await self._state.execute(sql, params)).fetchone()
-        return None if row is None else row[0]
+        rows = await self._state.execute_fetchall(sql, params)  # one trip to the thread
+        return next((row[0] for row in rows), None)
 
     # -- webhooks --------------------------------------------------------------------------
 
@@ -227,12 +227,12 @@ class Store:
 
     async def outbox_version(self) -> int:
         """PRAGMA data_version of the outbox connection: changes when another connection commits."""
-        row = await (await self._outbox.execute("PRAGMA data_version")).fetchone()
-        return int(row[0]) if row else 0
+        rows = await self._outbox.execute_fetchall("PRAGMA data_version")
+        return next((int(row[0]) for row in rows), 0)
 
     async def outbox_page(self, after: int, limit: int) -> list[OutboxRow]:
-        cur = await self._outbox.execute(Q["outbox_page"], (after, limit))
-        return list(await cur.fetchall())  # type: ignore[arg-type]
+        rows = await self._outbox.execute_fetchall(Q["outbox_page"], (after, limit))
+        return list(rows)  # type: ignore[arg-type]
 
     async def outbox_rows(self, ids: Iterable[int]) -> dict[int, OutboxRow]:
         ids = list(ids)
@@ -240,7 +240,7 @@ class Store:
         for start in range(0, len(ids), 500):
             chunk = ids[start:start + 500]
             sql = Q["outbox_rows_by_id"].format(ids=",".join("?" * len(chunk)))
-            for row in await (await self._outbox.execute(sql, chunk)).fetchall():
+            for row in await self._outbox.execute_fetchall(sql, chunk):
                 found[row[0]] = row  # type: ignore[assignment]
         return found
 
@@ -274,8 +274,8 @@ class Store:
 
     @staticmethod
     async def _max(db: aiosqlite.Connection, query: str) -> int:
-        row = await (await db.execute(Q[query])).fetchone()
-        return int(row[0]) if row else 0
+        rows = await db.execute_fetchall(Q[query])
+        return next((int(row[0]) for row in rows), 0)
 
     async def delivery_mark(self) -> int:
         """The highest delivery id: lanes refill only deliveries created after it."""
@@ -293,9 +293,9 @@ class Store:
         """
         mark = await self._one(Q["batch_mark"], (webhook_id,))
         after = max(after, mark or 0)
-        cur = await self._state.execute(Q["waiting_rows"], (webhook_id, after, limit))
         events: list[tuple[int, str, str]] = []
-        for (blob,) in await cur.fetchall():
+        for (blob,) in await self._state.execute_fetchall(Q["waiting_rows"],
+                                                          (webhook_id, after, limit)):
             events.extend((e[0], e[1], e[2]) for e in orjson.loads(blob) if e[0] > after)
         return events[:limit]
 
@@ -367,7 +367,7 @@ class Store:
     async def claim_due(self, now: float, limit: int) -> list[tuple[Delivery, bytes | None]]:
         """Take up to ``limit`` due deliveries into the daemon; returns them with test bodies."""
         async with self._write() as db:
-            rows = list(await (await db.execute(Q["due_deliveries"], (now, limit))).fetchall())
+            rows = list(await db.execute_fetchall(Q["due_deliveries"], (now, limit)))
             await db.executemany(Q["claim_delivery"], [(now, row[0]) for row in rows])
         return [(_delivery(tuple(row)), row[-1]) for row in rows]
 

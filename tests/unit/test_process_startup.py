@@ -1,4 +1,4 @@
-"""The daemon's process runs with a tuned garbage collector (see ``daemon.tune_gc``)."""
+"""What the daemon's process does before delivering: collector tuning, imports kept lean."""
 
 from __future__ import annotations
 
@@ -28,3 +28,11 @@ def test_run_freezes_start_up_objects_and_raises_thresholds():
     assert tuple(seen["thresholds"]) == GC_THRESHOLDS
     assert GC_THRESHOLDS[0] > 700  # above Python's default
     assert seen["frozen"] > 10_000  # the imported modules' objects
+
+
+def test_the_command_line_does_not_import_the_http_server():
+    """``run`` starts without aiohttp's server side (only ``listen`` and ``demo`` need it)."""
+    probe = "import sys, nevent_dispatch.cli; print('aiohttp.web' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    assert out.strip() == "False"
