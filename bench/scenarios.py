@@ -79,6 +79,11 @@ def drain(b: Bench, *, batch: bool = False) -> None:
                        target="≥ 0.7× bare client", check=lambda _value, ratio: ratio >= 0.7)
     fig.samples.append(result.rate(events=batch))
     fig.limits.append(b.fast_limit)
+    steady = b.figure(f"{'batch' if batch else 'drain'}-steady",
+                      f"{fig.label}, after start-up (first attempt → last 2xx)", fig.unit,
+                      limit_label="bare client", limit_unit="req/s")
+    steady.samples.append(result.steady_rate(events=batch))
+    steady.limits.append(b.fast_limit)
     detail = describe(result, "events" if batch else "deliveries")
     if batch and n // WEBHOOKS < BATCH_MAX_EVENTS:
         detail += (f"; only {n // WEBHOOKS} events per webhook, fewer than a full batch: "

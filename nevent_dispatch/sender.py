@@ -8,6 +8,7 @@ become outcome values. It must not decide retries or touch the database.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import socket
 import ssl
@@ -98,7 +99,9 @@ class Result:
     started_at: float
 
 
+@functools.lru_cache(maxsize=4096)
 def _literal_problem(url: str) -> str | None:
+    """Why a URL whose host is a literal IP must not be called (cached: webhooks repeat)."""
     host = aiohttp.helpers.URL(url).host or ""
     try:
         ip = ipaddress.ip_address(host.strip("[]"))
