@@ -23,7 +23,7 @@ from .clock import SYSTEM, Clock
 from .config import Config
 from .envelope import Rejection, batch_body, parse_row
 from .intake import plan_page
-from .lanes import Item, Job, Lane
+from .lanes import Item, Job, Lane, Slots
 from .logs import get_logger
 from .matcher import Matcher
 from .models import Delivery, Kind, Outcome, State, Webhook
@@ -64,7 +64,7 @@ class Dispatcher:
         self._session = session
         self._stopping = asyncio.Event()
         self._scheduler_wake = asyncio.Event()
-        self.slots = asyncio.Semaphore(config.delivery.max_in_flight)
+        self.slots = Slots(config.delivery.max_in_flight)
         self.max_events = config.batch.max_events
         self.max_wait = config.batch.max_wait
         self.speed = clock.speed
@@ -416,23 +416,38 @@ class Dispatcher:
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
 
-    async def _attempt(self, lane: Lane, job: Job | None) -> None:
-        """Send the job, then the lane's next ones while they may go at once, in this task."""
-        webhook = lane.webhook
-        while job is not None:
-            try:
-                assert self.sender is not None
-                result = await self.sender.send(url=webhook.url, secret=webhook.secret,
-                                                body=job.body, event_type=job.event_type,
-                                                delivery_uuid=job.uuid)
-                lane.settled(result.outcome not in SLOW_OUTCOMES)
-                self._settle(job, webhook, result)
-            finally:
-                lane.in_flight -= 1
-                self.slots.release()
-            # Handing on the slot here spares a task and a wake-up of the lane per attempt.
-            job = await lane.next_ready()
-            webhook = lane.webhook
+    async def _attempt(self, lane: Lane, job: Job) -> None:
+        """Send the job, then further ready jobs while this task holds the global slot.
+
+        The slot goes first to the lane that waited longest for one, else stays with this
+        lane: serving them here spares a task and a wake-up of a lane per delivery.
+        """
+        try:
+            while True:
+                webhook = lane.webhook
+                try:
+                    assert self.sender is not None
+                    result = await self.sender.send(url=webhook.url, secret=webhook.secret,
+                                                    body=job.body, event_type=job.event_type,
+                                                    delivery_uuid=job.uuid)
+                    lane.settled(result.outcome not in SLOW_OUTCOMES)
+                    self._settle(job, webhook, result)
+                finally:
+                    lane.in_flight -= 1
+                waiting = self.slots.first_waiting()
+                following = waiting if waiting is not None else lane
+                ready = following.take_ready()
+                if ready is None:
+                    break
+                if following is not lane:
+                    self._lane_freed(lane)
+                lane, job = following, ready
+        finally:
+            self.slots.release()
+        self._lane_freed(lane)
+
+    def _lane_freed(self, lane: Lane) -> None:
+        """An attempt of the lane ended: its loop may send more."""
         lane.poke()
         if lane.queue or lane.spilled:
             self._run_lane(lane)

@@ -47,6 +47,65 @@ class Item:
     queued_at: float
 
 
+class Slots:
+    """The global in-flight bound: a FIFO semaphore whose release is O(1).
+
+    ``asyncio.Semaphore`` (3.11) walks its waiters on every release; with a hundred
+    lanes waiting for the global bound that walk was several microseconds per
+    delivery. Here a release hands the slot straight to the oldest live waiter, and
+    ``first_waiting`` names that waiter's lane, so a finishing attempt can serve the
+    lane's next job itself (see ``Lane.take_ready``).
+    """
+
+    def __init__(self, count: int) -> None:
+        self.free = count
+        self._waiters: deque[tuple[asyncio.Future[None], Lane]] = deque()
+
+    def locked(self) -> bool:
+        """True when an acquire would wait (no free slot, or others are queued first)."""
+        return self.free <= 0 or bool(self._waiters)
+
+    def take(self) -> bool:
+        """Take a slot if one is free and nobody waits; never waits."""
+        if self.locked():
+            return False
+        self.free -= 1
+        return True
+
+    async def acquire(self, lane: Lane) -> None:
+        """Wait for a slot for ``lane`` (first come, first served)."""
+        if self.take():
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (waiter, lane)
+        self._waiters.append(entry)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # handed over just as the waiter was cancelled: pass it on
+            else:
+                self._waiters.remove(entry)
+            raise
+
+    def first_waiting(self) -> Lane | None:
+        """The lane of the oldest live waiter, if any."""
+        while self._waiters:
+            waiter, lane = self._waiters[0]
+            if not waiter.done():
+                return lane
+            self._waiters.popleft()
+        return None
+
+    def release(self) -> None:
+        while self._waiters:
+            waiter, _ = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the slot goes to the waiter: ``free`` unchanged
+                return
+        self.free += 1
+
+
 class Host(Protocol):
     """What a lane needs from the dispatcher."""
 
@@ -56,7 +115,7 @@ class Host(Protocol):
     speed: float
     max_bytes: int
     per_webhook: int
-    slots: asyncio.Semaphore
+    slots: Slots
 
     def monotonic(self) -> float: ...
     def stopping(self) -> bool: ...
@@ -178,15 +237,15 @@ class Lane:
             if timer is not None:
                 timer.cancel()
 
-    async def next_ready(self) -> Job | None:
-        """The head job, taken with its slots, if it may go at once; else None (never waits).
+    def take_ready(self) -> Job | None:
+        """The head job, if it may go at once, for a caller that holds a global slot.
 
-        Batches (planned by ``run``) and a spilled lane running low (``run`` refills it)
-        are left to the loop, and so is a slot another lane is waiting for.
+        Taken with its lane slot and tokens; None when it must wait. Batches (planned by
+        ``run``) and a spilled lane running low (``run`` refills it) are left to the loop.
         """
         host = self.host
         if (not self.queue or self.retired or host.stopping() or self.in_flight >= self.limit
-                or host.slots.locked() or (self.spilled and len(self.queue) < self.cap // 2)):
+                or (self.spilled and len(self.queue) < self.cap // 2)):
             return None
         head = self.queue[0]
         if not isinstance(head, Job):
@@ -194,7 +253,6 @@ class Lane:
         now = host.monotonic()
         if self.bucket.wait(head.event_count, now) > 0:
             return None
-        await host.slots.acquire()  # free: returns without suspending
         self.in_flight += 1
         self._pop()
         self.bucket.take(head.event_count, now)
@@ -251,7 +309,11 @@ class Lane:
             if self.in_flight >= self.limit:
                 await self._sleep(None)
                 continue
-            await host.slots.acquire()
+            await host.slots.acquire(self)
+            if (not self.queue or self.queue[0] is not head or self.in_flight >= self.limit
+                    or self.bucket.wait(count, host.monotonic()) > 0):
+                host.slots.release()  # attempts served this lane meanwhile: plan again
+                continue
             self.in_flight += 1
             try:
                 if isinstance(head, Item):

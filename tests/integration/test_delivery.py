@@ -293,3 +293,27 @@ async def test_every_event_is_recorded_once_per_matching_webhook(store, make_rec
     assert sorted(e["data"]["n"] for e in r2.events()) == list(range(count))
     counts = await store.counts_by_state()
     assert counts == {"delivered": 2 * count}
+
+
+async def test_webhooks_competing_for_the_global_bound_each_get_everything_in_order(
+        make_config, make_receiver, make_webhook):
+    """Six webhooks, two global slots, one per webhook: finishing attempts hand their slot to
+    the lane that waited longest, and every event arrives once, in order, per webhook."""
+    from nevent_dispatch.store import Store
+
+    config = make_config(delivery={"max_in_flight": 2, "max_in_flight_per_webhook": 1})
+    store = await Store.open(config)
+    try:
+        receivers = []
+        for n in range(6):
+            receiver = await make_receiver()
+            await make_webhook(store, receiver.url, org=f"org_{n}")
+            receivers.append(receiver)
+        emit(config, [("fan.created", f"org_{i % 6}", {"n": i}) for i in range(180)])
+        dispatcher = await drain(config, store)
+        for n, receiver in enumerate(receivers):
+            assert [e["data"]["n"] for e in receiver.events()] == list(range(n, 180, 6))
+        assert dispatcher.stats["attempts"] == dispatcher.stats["delivered"] == 180
+        assert dispatcher.slots.free == 2 and dispatcher.slots.first_waiting() is None
+    finally:
+        await store.close()

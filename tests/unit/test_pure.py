@@ -284,3 +284,50 @@ def test_a_forked_child_draws_other_delivery_ids_than_its_parent():
     os.close(read)
     os.waitpid(pid, 0)
     assert child != new_delivery_uuid(0.0)
+
+
+async def test_slots_go_to_waiting_lanes_first_come_first_served():
+    import asyncio
+
+    from nevent_dispatch.lanes import Slots
+
+    slots = Slots(1)
+    a, b, c = (_lane_with() for _ in range(3))
+    assert slots.take() and slots.locked() and not slots.take()
+    got: list[Lane] = []
+
+    async def wait(lane: Lane) -> None:
+        await slots.acquire(lane)
+        got.append(lane)
+
+    tasks = [asyncio.create_task(wait(lane)) for lane in (a, b, c)]
+    await asyncio.sleep(0)
+    assert slots.first_waiting() is a
+    tasks[1].cancel()  # b gives up: it is skipped, never handed a slot
+    await asyncio.sleep(0)
+    slots.release()
+    await asyncio.sleep(0)
+    assert got == [a] and slots.first_waiting() is c
+    slots.release()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    assert got == [a, c] and slots.first_waiting() is None
+    slots.release()
+    slots.release()
+    assert slots.free == 2 and not slots.locked()
+
+
+async def test_a_slot_handed_to_a_cancelled_waiter_passes_on():
+    import asyncio
+
+    from nevent_dispatch.lanes import Slots
+
+    slots = Slots(1)
+    assert slots.take()
+    first = asyncio.create_task(slots.acquire(_lane_with()))
+    second = asyncio.create_task(slots.acquire(_lane_with()))
+    await asyncio.sleep(0)
+    slots.release()  # handed to the first waiter...
+    first.cancel()  # ...which is cancelled before it runs: the slot must reach the second
+    await asyncio.gather(first, return_exceptions=True)
+    await asyncio.wait_for(second, 1)
+    assert slots.free == 0 and slots.first_waiting() is None
