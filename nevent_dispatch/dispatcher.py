@@ -302,12 +302,13 @@ class Dispatcher:
             room = 0 if global_full or lane.full else lane.cap - len(lane.queue)
             taken = work[:room] if room < len(work) else work
             if taken and webhook.batch:
-                lane.mark = taken[-1][0].outbox_id
-                lane.extend([Item(e.outbox_id, e.id, e.type, e.body, mono) for e, _ in taken])
+                lane.mark = taken[-1][0][0]
+                lane.extend([Item(outbox_id, event_id, type_, body, mono)
+                             for (outbox_id, event_id, type_, body), _ in taken])
             elif taken:
                 lane.mark = base + taken[-1][1]
-                lane.extend([Job(base + n, rows[n - 1][0], Kind.EVENT, e.type, e.id, e.body,
-                                 1, 0, 0) for e, n in taken])
+                lane.extend([Job(base + n, rows[n - 1][0], Kind.EVENT, type_, event_id, body,
+                                 1, 0, 0) for (_, event_id, type_, body), n in taken])
             if len(taken) < len(work):
                 lane.spill()  # recorded: the lane refills from the database in order
             self._run_lane(lane)

@@ -19,9 +19,13 @@ from .attempts import new_delivery_row
 from .envelope import BATCH_OVERHEAD, Rejection, parse_row
 from .logs import get_logger
 from .matcher import Matcher
-from .models import Event, Kind, State, Webhook
+from .models import Kind, State, Webhook
 
 log = get_logger("nevent_dispatch")
+
+
+#: An event as the lanes take it: (outbox_id, event_id, type, body).
+Queued = tuple[int, str, str, bytes]
 
 
 @dataclass(slots=True)
@@ -32,9 +36,9 @@ class Plan:
     waiting: dict[str, list[tuple[int, str, str]]] = field(default_factory=dict)
     #: By webhook id, the webhook and its work in order: (event, n) for the n-th delivery
     #: row (n > 0), or an event waiting for a batch (n = 0).
-    pushes: dict[str, tuple[Webhook, list[tuple[Event, int]]]] = field(default_factory=dict)
+    pushes: dict[str, tuple[Webhook, list[tuple[Queued, int]]]] = field(default_factory=dict)
 
-    def _push(self, webhook: Webhook, event: Event, n: int) -> None:
+    def _push(self, webhook: Webhook, event: Queued, n: int) -> None:
         found = self.pushes.get(webhook.id)
         if found is None:
             found = self.pushes[webhook.id] = (webhook, [])
@@ -57,13 +61,16 @@ def plan_page(rows: Sequence[Any], matcher: Matcher, max_bytes: int, now: float)
             _reject(plan, event, matcher, now)
             continue
         plan.events += 1
+        # Only what the lanes need is kept: the parsed envelope is freed with the event,
+        # now, instead of living (and being walked by the collector) until the page is queued.
+        queued = (event.outbox_id, event.id, event.type, event.body)
         for webhook in matcher.match(event.organization_id, event.type, event.envelope):
             if not webhook.batch:
                 plan.deliveries.append(new_delivery_row(
                     webhook_id=webhook.id, kind=Kind.EVENT, event_type=event.type,
                     event_id=event.id, outbox_id=event.outbox_id, event_count=1,
                     state=State.DELIVERING, now=now))
-                plan._push(webhook, event, len(plan.deliveries))
+                plan._push(webhook, queued, len(plan.deliveries))
             elif len(event.body) + BATCH_OVERHEAD > max_bytes:
                 _reject(plan, Rejection(event.outbox_id, event.id, event.type,
                                         event.organization_id,
@@ -74,7 +81,7 @@ def plan_page(rows: Sequence[Any], matcher: Matcher, max_bytes: int, now: float)
                 if waiting is None:
                     waiting = plan.waiting[webhook.id] = []
                 waiting.append((event.outbox_id, event.id, event.type))
-                plan._push(webhook, event, 0)
+                plan._push(webhook, queued, 0)
     return plan
 
 
