@@ -36,8 +36,9 @@ class DatabaseConfig:
 class OutboxConfig:
     #: Seconds between two checks for new outbox rows (PRAGMA data_version).
     poll_interval: float = 0.005
-    #: Outbox rows read per page; memory stays bounded by this and the lanes.
-    page_size: int = 500
+    #: Outbox rows read per page (one intake transaction); memory stays bounded by this
+    #: and the lanes. Larger pages mean fewer commits while draining a backlog.
+    page_size: int = 2000
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,7 +37,8 @@ log = get_logger("nevent_dispatch")
 
 #: Jobs held in memory by all lanes together before new work stays in the database.
 GLOBAL_QUEUE_CAP = 20_000
-#: Jobs one lane holds in memory before its new work stays in the database.
+#: Jobs one lane holds in memory before its new work stays in the database (at least a
+#: page's worth, so one busy webhook does not spill most of every page).
 LANE_CAP = 512
 #: Outcomes that tie up a connection slot for long: the lane's in-flight limit shrinks.
 SLOW_OUTCOMES = frozenset({Outcome.TIMEOUT, Outcome.CONNECTION_ERROR, Outcome.TLS_ERROR})
@@ -229,7 +230,8 @@ class Dispatcher:
             mark = self._marks[1] if webhook.batch else self._marks[0]
             lane = self.lanes[webhook.id] = Lane(
                 webhook, self._bucket(webhook), self,
-                cap=max(LANE_CAP, 2 * self.max_events), mark=mark)
+                cap=max(LANE_CAP, 2 * self.max_events, self.config.outbox.page_size),
+                mark=mark)
         return lane
 
     def _run_lane(self, lane: Lane) -> None:
