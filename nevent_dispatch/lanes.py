@@ -208,9 +208,8 @@ class Lane:
 
     def poke(self) -> None:
         self._poked = True
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        if self._waiter is not None:
+            _wake(self._waiter)
 
     def settled(self, healthy: bool) -> None:
         """Adapt the in-flight limit to how the endpoint answered (additive up, halving down)."""

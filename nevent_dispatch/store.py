@@ -264,7 +264,7 @@ class Store:
         async with self._write() as db:
             base = 0
             if deliveries:
-                base = await self._max(db, "max_delivery_id")
+                base = await self.delivery_mark()
                 await db.executemany(Q["insert_delivery"],
                                      [(base + i, *row) for i, row in enumerate(deliveries, 1)])
             if waiting:
@@ -272,14 +272,10 @@ class Store:
             await db.execute(Q["set_cursor"], (cursor,))
         return base
 
-    @staticmethod
-    async def _max(db: aiosqlite.Connection, query: str) -> int:
-        rows = await db.execute_fetchall(Q[query])
-        return next((int(row[0]) for row in rows), 0)
-
     async def delivery_mark(self) -> int:
-        """The highest delivery id: lanes refill only deliveries created after it."""
-        return await self._max(self._state, "max_delivery_id")
+        """The highest delivery id: lanes refill only deliveries created after it (and, under
+        the write lock, new deliveries take the ids after it)."""
+        return int(await self._one(Q["max_delivery_id"]))
 
     async def spilled_deliveries(self, webhook_id: str, after: int, limit: int) -> list[Delivery]:
         cur = await self._state.execute(Q["spilled_deliveries"], (webhook_id, after, limit))
@@ -316,7 +312,7 @@ class Store:
             return await self._insert_one(db, row)
 
     async def _insert_one(self, db: aiosqlite.Connection, row: tuple[Any, ...]) -> int:
-        base = await self._max(db, "max_delivery_id")
+        base = await self.delivery_mark()
         await db.execute(Q["insert_delivery"], (base + 1, *row))
         return base + 1
 
@@ -329,7 +325,7 @@ class Store:
         order). Every batch formed meanwhile by any lane is written in one transaction.
         """
         async with self._write() as db:
-            base = await self._max(db, "max_delivery_id")
+            base = await self.delivery_mark()
             ids = range(base + 1, base + 1 + len(batches))
             await db.executemany(Q["insert_delivery"],
                                  [(i, *row) for i, (row, _, _) in zip(ids, batches, strict=True)])
