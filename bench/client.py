@@ -21,8 +21,8 @@ from typing import Any
 import orjson
 
 from nevent_dispatch.config import DeliveryConfig
-from nevent_dispatch.sender import make_session
-from nevent_dispatch.signing import DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, USER_AGENT
+from nevent_dispatch.pipeline.sender import make_session
+from nevent_dispatch.wire.signing import DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, USER_AGENT
 
 from .payload import EVENT_TYPE, Payloads
 from .stats import percentile

@@ -20,8 +20,8 @@ from pathlib import Path
 
 from nevent_dispatch import registry
 from nevent_dispatch.config import load
-from nevent_dispatch.sql import OUTBOX_SCHEMA, PUBLISH
-from nevent_dispatch.store import Store
+from nevent_dispatch.store.sqlite import Store
+from nevent_dispatch.store.sqlite.sql import OUTBOX_SCHEMA, PUBLISH
 
 from .payload import EVENT_TYPE, Payloads, org_name
 

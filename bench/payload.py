@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from nevent_dispatch.samples import sample_data
+from nevent_dispatch.wire.samples import sample_data
 
 EVENT_TYPE = "purchase.completed"
 

@@ -16,7 +16,7 @@ from .errors import (
     ValidationError,
 )
 from .publish import publish
-from .signing import sign, verify
+from .wire.signing import sign, verify
 
 __version__ = "0.1.0"
 

@@ -16,9 +16,9 @@ import signal
 from collections.abc import Iterator
 
 from .config import Config
-from .dispatcher import Dispatcher
 from .logs import get_logger
-from .store import Store
+from .pipeline.dispatcher import Dispatcher
+from .store.sqlite import Store
 
 log = get_logger("nevent_dispatch")
 

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from .errors import ValidationError
-from .sql import PUBLISH
+from .store.sqlite.sql import PUBLISH
 
 
 def publish(conn: sqlite3.Connection, type: str, organization_id: str,

@@ -30,9 +30,9 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import orjson
 
-from . import signing
 from .catalog import BATCH_TYPE
 from .errors import DispatchError, SignatureError
+from .wire import signing
 
 if TYPE_CHECKING:  # aiohttp's server side is imported when serving: the daemon never needs it
     from aiohttp import web

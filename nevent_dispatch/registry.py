@@ -28,7 +28,7 @@ from .catalog import EVENT_TYPES
 from .config import Config
 from .errors import UrlError, ValidationError
 from .models import Webhook
-from .store import Store
+from .store.sqlite import Store
 
 __all__ = [
     "MAX_NAME_LENGTH",
@@ -339,7 +339,7 @@ def new_webhook_id() -> str:
 
 
 def _parse_filter(text: str) -> Any:
-    from .filters import parse_filter  # the filter dialect is only needed when one is saved
+    from .pipeline.filters import parse_filter  # the filter dialect is only needed when one is saved
 
     return parse_filter(text)
 

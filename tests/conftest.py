@@ -29,9 +29,9 @@ from aiohttp import web
 
 from nevent_dispatch import registry
 from nevent_dispatch.config import Config
-from nevent_dispatch.dispatcher import Dispatcher
+from nevent_dispatch.pipeline.dispatcher import Dispatcher
 from nevent_dispatch.publish import publish
-from nevent_dispatch.store import Store
+from nevent_dispatch.store.sqlite import Store
 
 #: Every (outbox_id, webhook_id) a batch-mode webhook holds in the state database: carried
 #: by a batch delivery, or still waiting for one (after the webhook's batch mark).
@@ -63,7 +63,7 @@ def one_line_error(result: subprocess.CompletedProcess[str], code: int = 1) -> s
 
 
 def seed_verify(raw_body: bytes, header: str, secret: str) -> bool:
-    """The customer docs' Python snippet, written independently of nevent_dispatch.signing."""
+    """The customer docs' Python snippet, written independently of nevent_dispatch.wire.signing."""
     parts = dict(part.split("=", 1) for part in header.split(","))
     timestamp, received = parts["t"], parts["v1"]
     signed_payload = f"{timestamp}.{raw_body.decode()}"

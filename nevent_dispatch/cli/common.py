@@ -20,7 +20,7 @@ from .. import registry
 from ..clock import SYSTEM
 from ..config import Config
 from ..models import Webhook
-from ..store import Store
+from ..store.sqlite import Store
 
 PROG = "nevent-dispatch"
 #: Set to 1 for a traceback on internal errors.

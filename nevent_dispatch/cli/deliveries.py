@@ -13,12 +13,12 @@ from datetime import datetime
 from typing import Any
 
 from .. import daemon, logs
-from ..attempts import send_test
 from ..catalog import EVENT_TYPES
 from ..config import Config
 from ..errors import NotFound, ValidationError
 from ..models import Attempt, Delivery, State
-from ..store import Store
+from ..pipeline.attempts import send_test
+from ..store.sqlite import Store
 from .common import (
     EXIT_OK,
     EXIT_REFUSED,

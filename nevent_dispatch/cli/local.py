@@ -21,11 +21,11 @@ import orjson
 from .. import logs, receiver, registry
 from ..catalog import EVENT_TYPES
 from ..config import Config
-from ..dispatcher import Dispatcher
 from ..errors import DispatchError, ValidationError
+from ..pipeline.dispatcher import Dispatcher
 from ..publish import publish
-from ..samples import sample_data
-from ..store import Store
+from ..store.sqlite import Store
+from ..wire.samples import sample_data
 from .common import EXIT_OK, Command, add_json, now, print_json
 
 

@@ -11,7 +11,7 @@ from .. import registry
 from ..config import Config
 from ..errors import ValidationError
 from ..models import Webhook
-from ..store import Store
+from ..store.sqlite import Store
 from .common import (
     EXIT_OK,
     PROG,

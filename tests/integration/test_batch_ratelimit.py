@@ -10,7 +10,7 @@ from aiohttp import web
 
 from nevent_dispatch.clock import FastClock
 from nevent_dispatch.models import Kind, State
-from nevent_dispatch.samples import sample_data
+from nevent_dispatch.wire.samples import sample_data
 
 from ..conftest import drain, emit, seed_verify
 
@@ -93,7 +93,7 @@ async def test_rate_limited_webhook_gets_everything_in_order_within_the_limit(
     await make_webhook(store, free.url, rate_limit=100_000, name="free")
     emit(config, [("fan.created", "org_a", {"n": n}) for n in range(300)])
 
-    from nevent_dispatch.dispatcher import Dispatcher
+    from nevent_dispatch.pipeline.dispatcher import Dispatcher
 
     dispatcher = Dispatcher(config, store, clock=clock)
     task = asyncio.create_task(dispatcher.run(until_idle=True))
@@ -150,7 +150,7 @@ async def test_disabling_a_webhook_stops_its_queued_events_and_enabling_resumes_
         store, make_receiver, make_webhook, make_config):
     """Events queued behind a rate limit wait while the webhook is disabled, then all arrive."""
     from nevent_dispatch import registry
-    from nevent_dispatch.dispatcher import Dispatcher
+    from nevent_dispatch.pipeline.dispatcher import Dispatcher
 
     clock = FastClock(speed=20.0)
     config = make_config(rate_limit={"burst": 5})

@@ -30,7 +30,7 @@ from aiohttp import web
 
 from nevent_dispatch import BadSignature, StaleTimestamp, verify
 from nevent_dispatch.catalog import EVENT_TYPES
-from nevent_dispatch.samples import sample_data
+from nevent_dispatch.wire.samples import sample_data
 
 from ..conftest import (
     Receiver,

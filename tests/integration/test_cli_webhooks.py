@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 import pytest
 
-from nevent_dispatch.store import SCHEMA_VERSION
+from nevent_dispatch.store.sqlite import SCHEMA_VERSION
 
 from ..conftest import one_line_error
 

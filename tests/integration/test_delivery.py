@@ -10,7 +10,7 @@ import pytest
 from aiohttp import web
 
 from nevent_dispatch.models import Outcome, State
-from nevent_dispatch.signing import verify
+from nevent_dispatch.wire.signing import verify
 
 from ..conftest import drain, emit, insert_raw, seed_verify
 
@@ -241,7 +241,7 @@ async def test_webhooks_created_while_running_receive_events(store, make_receive
     """A webhook enabled while the dispatcher runs gets the next events without a restart."""
     import asyncio
 
-    from nevent_dispatch.dispatcher import Dispatcher
+    from nevent_dispatch.pipeline.dispatcher import Dispatcher
 
     receiver = await make_receiver()
     dispatcher = Dispatcher(store.config, store)
@@ -299,7 +299,7 @@ async def test_webhooks_competing_for_the_global_bound_each_get_everything_in_or
         make_config, make_receiver, make_webhook):
     """Six webhooks, two global slots, one per webhook: finishing attempts hand their slot to
     the lane that waited longest, and every event arrives once, in order, per webhook."""
-    from nevent_dispatch.store import Store
+    from nevent_dispatch.store.sqlite import Store
 
     config = make_config(delivery={"max_in_flight": 2, "max_in_flight_per_webhook": 1})
     store = await Store.open(config)

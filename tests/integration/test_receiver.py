@@ -19,10 +19,10 @@ import aiohttp
 import orjson
 import pytest
 
-from nevent_dispatch import signing
 from nevent_dispatch.errors import DispatchError
 from nevent_dispatch.receiver import make_ssl_context, serve
-from nevent_dispatch.samples import sample_envelope
+from nevent_dispatch.wire import signing
+from nevent_dispatch.wire.samples import sample_envelope
 
 SECRET = "whsec_k5EKJQnf9sMX2vYzJdHG3L8pR"
 DELIVERY = "01234567-89ab-cdef-0123-456789abcdef"

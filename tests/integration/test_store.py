@@ -11,7 +11,7 @@ import pytest
 
 import nevent_dispatch
 from nevent_dispatch.config import Config, load
-from nevent_dispatch.store import SCHEMA_VERSION, Store, StoreError
+from nevent_dispatch.store.sqlite import SCHEMA_VERSION, Store, StoreError
 
 
 def _config(tmp_path: Path, same_file: bool = False) -> Config:
@@ -114,8 +114,8 @@ async def test_a_write_cancelled_at_any_point_leaves_no_transaction_open(tmp_pat
 
 async def test_batch_events_are_stored_per_page_and_leave_waiting_once_batched(tmp_path):
     """A page's waiting events are one row; a batch takes some, the rest still wait, in order."""
-    from nevent_dispatch.attempts import new_delivery_row
     from nevent_dispatch.models import Kind, State
+    from nevent_dispatch.pipeline.attempts import new_delivery_row
 
     store = await Store.open(_config(tmp_path))
     try:

@@ -26,8 +26,8 @@ from hypothesis import strategies as st
 
 from nevent_dispatch import config as config_module
 from nevent_dispatch.errors import ConfigError, FilterError, SignatureError
-from nevent_dispatch.filters import compile_filter, parse_filter
-from nevent_dispatch.signing import sign, verify
+from nevent_dispatch.pipeline.filters import compile_filter, parse_filter
+from nevent_dispatch.wire.signing import sign, verify
 
 from ..conftest import drain
 from .conftest import one_line_error, run_cli, toml_config

@@ -25,8 +25,8 @@ from typing import Any
 import pytest
 import trustme
 
-from nevent_dispatch.dispatcher import Dispatcher
 from nevent_dispatch.models import Outcome, State
+from nevent_dispatch.pipeline.dispatcher import Dispatcher
 
 from ..conftest import emit
 from .conftest import RawServer, free_port, read_request, run_cli, toml_config, wait_until

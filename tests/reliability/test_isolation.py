@@ -27,12 +27,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nevent_dispatch import signing
 from nevent_dispatch.catalog import EVENT_TYPES
 from nevent_dispatch.errors import BadSignature
-from nevent_dispatch.filters import compile_filter
-from nevent_dispatch.matcher import Matcher
 from nevent_dispatch.models import Webhook
+from nevent_dispatch.pipeline.filters import compile_filter
+from nevent_dispatch.pipeline.matcher import Matcher
+from nevent_dispatch.wire import signing
 
 from ..conftest import drain, emit, insert_raw
 from .conftest import run_cli, toml_config, wait_until

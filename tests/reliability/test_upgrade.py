@@ -23,7 +23,7 @@ import pytest
 
 from nevent_dispatch import registry
 from nevent_dispatch.models import State
-from nevent_dispatch.store import SCHEMA_VERSION, Store
+from nevent_dispatch.store.sqlite import SCHEMA_VERSION, Store
 
 from ..conftest import drain, emit, seed_verify
 from .conftest import one_line_error, run_cli, toml_config, wait_until

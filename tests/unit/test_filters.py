@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nevent_dispatch import filters
 from nevent_dispatch.errors import FilterError
-from nevent_dispatch.filters import MATCH_ALL, compile_filter, parse_filter
+from nevent_dispatch.pipeline import filters
+from nevent_dispatch.pipeline.filters import MATCH_ALL, compile_filter, parse_filter
 
 PROPERTY = settings(max_examples=300, deadline=None, database=None)
 

@@ -16,7 +16,7 @@ import pytest
 from nevent_dispatch.config import Config
 from nevent_dispatch.errors import ValidationError
 from nevent_dispatch.publish import publish
-from nevent_dispatch.store import Store
+from nevent_dispatch.store.sqlite import Store
 
 
 @pytest.fixture

@@ -7,12 +7,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nevent_dispatch.envelope import BATCH_OVERHEAD, Rejection, batch_body, parse_row, take_batch
-from nevent_dispatch.lanes import Item, Job, Lane
-from nevent_dispatch.matcher import Matcher, type_predicate
 from nevent_dispatch.models import Kind, Outcome, Webhook
-from nevent_dispatch.ratelimit import TokenBucket
-from nevent_dispatch.retry import next_attempt_at, parse_retry_after
+from nevent_dispatch.pipeline.lanes import Item, Job, Lane
+from nevent_dispatch.pipeline.matcher import Matcher, type_predicate
+from nevent_dispatch.pipeline.ratelimit import TokenBucket
+from nevent_dispatch.pipeline.retry import next_attempt_at, parse_retry_after
+from nevent_dispatch.wire.envelope import BATCH_OVERHEAD, Rejection, batch_body, parse_row, take_batch
 
 SCHEDULE = (60.0, 300.0, 1800.0, 7200.0, 21600.0)
 
@@ -247,7 +247,7 @@ _DATA = st.one_of(st.sampled_from([b'{"a":1}', b"[1]", b"{", b'{"x":"\xff"}', b"
        created=st.sampled_from([1_700_000_000, True, 1.5, None, "1"]))
 def test_the_fast_intake_path_decides_exactly_as_the_checked_one(event_id, type_, org, data,
                                                                    created):
-    from nevent_dispatch.envelope import _parse_checked
+    from nevent_dispatch.wire.envelope import _parse_checked
 
     row = (42, event_id, type_, org, data, created)
     for limit in (40, 65_536):
@@ -257,7 +257,7 @@ def test_the_fast_intake_path_decides_exactly_as_the_checked_one(event_id, type_
 def test_delivery_ids_are_unique_time_ordered_uuid7():
     import uuid
 
-    from nevent_dispatch.attempts import new_delivery_uuid
+    from nevent_dispatch.pipeline.attempts import new_delivery_uuid
 
     ids = [new_delivery_uuid(1_700_000_000.0 + n / 1000) for n in range(5000)]
     parsed = [uuid.UUID(i) for i in ids]
@@ -271,7 +271,7 @@ def test_delivery_ids_are_unique_time_ordered_uuid7():
 def test_a_forked_child_draws_other_delivery_ids_than_its_parent():
     import os
 
-    from nevent_dispatch.attempts import new_delivery_uuid
+    from nevent_dispatch.pipeline.attempts import new_delivery_uuid
 
     new_delivery_uuid(0.0)  # the pool holds bytes the child must not reuse
     read, write = os.pipe()
@@ -289,7 +289,7 @@ def test_a_forked_child_draws_other_delivery_ids_than_its_parent():
 async def test_slots_go_to_waiting_lanes_first_come_first_served():
     import asyncio
 
-    from nevent_dispatch.lanes import Slots
+    from nevent_dispatch.pipeline.lanes import Slots
 
     slots = Slots(1)
     a, b, c = (_lane_with() for _ in range(3))
@@ -319,7 +319,7 @@ async def test_slots_go_to_waiting_lanes_first_come_first_served():
 async def test_a_slot_handed_to_a_cancelled_waiter_passes_on():
     import asyncio
 
-    from nevent_dispatch.lanes import Slots
+    from nevent_dispatch.pipeline.lanes import Slots
 
     slots = Slots(1)
     assert slots.take()

@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from nevent_dispatch.catalog import EVENT_TYPES
-from nevent_dispatch.samples import SAMPLES, sample_data, sample_envelope
+from nevent_dispatch.wire.samples import SAMPLES, sample_data, sample_envelope
 
 # The `data` objects of the three examples in the customer docs, copied from there.
 DOCS_DATA = {

@@ -10,14 +10,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nevent_dispatch import signing
 from nevent_dispatch.errors import (
     BadSignature,
     MalformedHeader,
     SignatureError,
     StaleTimestamp,
 )
-from nevent_dispatch.signing import Signer, parse_header, sign, signature, verify
+from nevent_dispatch.wire import signing
+from nevent_dispatch.wire.signing import Signer, parse_header, sign, signature, verify
 
 SECRET = "whsec_k5EKJQnf9sMX2vYzJdHG3L8pR"
 T = 1_640_995_200

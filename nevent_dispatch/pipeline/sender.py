@@ -18,12 +18,12 @@ from typing import Any
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from .clock import SYSTEM, Clock
-from .config import DeliveryConfig
-from .models import Outcome
-from .registry import address_problem
+from ..clock import SYSTEM, Clock
+from ..config import DeliveryConfig
+from ..models import Outcome
+from ..registry import address_problem
+from ..wire.signing import DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, USER_AGENT, Signer
 from .retry import parse_retry_after
-from .signing import DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, USER_AGENT, Signer
 
 _STATIC_HEADERS = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
 

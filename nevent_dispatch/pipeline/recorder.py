@@ -13,7 +13,7 @@ import contextlib
 from collections.abc import Callable
 from typing import Any
 
-from .store import Store
+from ..store.sqlite import Store
 
 
 class Recorder:

@@ -15,11 +15,11 @@ from typing import Any
 
 import orjson
 
+from ..logs import get_logger
+from ..models import Kind, State, Webhook
+from ..wire.envelope import BATCH_OVERHEAD, Rejection, parse_row
 from .attempts import new_delivery_row
-from .envelope import BATCH_OVERHEAD, Rejection, parse_row
-from .logs import get_logger
 from .matcher import Matcher
-from .models import Kind, State, Webhook
 
 log = get_logger("nevent_dispatch")
 

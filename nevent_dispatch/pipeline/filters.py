@@ -31,7 +31,7 @@ from typing import Any
 import orjson
 import re2
 
-from .errors import FilterError
+from ..errors import FilterError
 
 __all__ = ["MATCH_ALL", "Predicate", "compile_filter", "parse_filter"]
 

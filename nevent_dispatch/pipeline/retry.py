@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from email.utils import parsedate_to_datetime
 
-from .models import RETRYABLE, Outcome
+from ..models import RETRYABLE, Outcome
 
 
 def next_attempt_at(*, attempts_in_round: int, schedule: Sequence[float], retries: bool,

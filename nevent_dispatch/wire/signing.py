@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from .errors import BadSignature, MalformedHeader, SignatureError, StaleTimestamp
+from ..errors import BadSignature, MalformedHeader, SignatureError, StaleTimestamp
 
 __all__ = [
     "DELIVERY_HEADER",

@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from .envelope import BATCH_OVERHEAD, take_batch
-from .models import Kind, Webhook
+from ..models import Kind, Webhook
+from ..wire.envelope import BATCH_OVERHEAD, take_batch
 from .ratelimit import TokenBucket
 
 

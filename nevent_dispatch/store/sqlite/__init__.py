@@ -22,9 +22,9 @@ from typing import Any
 import aiosqlite
 import orjson
 
-from .config import Config
-from .errors import DispatchError, NotFound
-from .models import Attempt, Delivery, Kind, Outcome, State, Webhook
+from ...config import Config
+from ...errors import DispatchError, NotFound
+from ...models import Attempt, Delivery, Kind, Outcome, State, Webhook
 from .sql import OUTBOX_SCHEMA, QUERIES, STATE_MIGRATIONS
 
 Q = QUERIES

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
-from .catalog import EVENT_TYPES
+from ..catalog import EVENT_TYPES
 
 __all__ = ["SAMPLES", "sample_data", "sample_envelope"]
 

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-from .store import OutboxRow, Store
+from ..store.sqlite import OutboxRow, Store
 
 
 class OutboxReader:

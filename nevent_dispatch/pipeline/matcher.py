@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .models import Webhook
+from ..models import Webhook
 
 Predicate = Callable[[Mapping[str, Any]], bool]
 

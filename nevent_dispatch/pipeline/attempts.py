@@ -12,13 +12,14 @@ from typing import Any
 
 import orjson
 
-from . import logs, retry
-from .clock import SYSTEM, Clock
-from .config import Config
+from .. import logs
+from ..clock import SYSTEM, Clock
+from ..config import Config
+from ..models import Delivery, Kind, Outcome, State, Webhook
+from ..store.sqlite import Store
+from . import retry
 from .lanes import Job
-from .models import Delivery, Kind, Outcome, State, Webhook
 from .sender import Result, Sender, make_session
-from .store import Store
 
 log = logs.get_logger("nevent_dispatch")
 
@@ -109,7 +110,7 @@ async def send_test(config: Config, store: Store, webhook: Webhook, event_type: 
     It goes through the same sender, signing and recording as real events; it is
     attempted once and never retried.
     """
-    from .samples import sample_envelope
+    from ..wire.samples import sample_envelope
 
     now = clock.time()
     body = orjson.dumps(sample_envelope(event_type, webhook.organization_id, created=int(now)))

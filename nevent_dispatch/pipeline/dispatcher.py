@@ -18,20 +18,20 @@ from typing import Any
 
 import aiohttp
 
+from ..clock import SYSTEM, Clock
+from ..config import Config
+from ..logs import get_logger
+from ..models import Delivery, Kind, Outcome, State, Webhook
+from ..store.sqlite import Store
+from ..wire.envelope import Rejection, batch_body, parse_row
 from .attempts import log_attempt, new_delivery_row, result_rows, settle
-from .clock import SYSTEM, Clock
-from .config import Config
-from .envelope import Rejection, batch_body, parse_row
 from .intake import plan_page
 from .lanes import Item, Job, Lane, Slots
-from .logs import get_logger
 from .matcher import Matcher
-from .models import Delivery, Kind, Outcome, State, Webhook
 from .outbox import OutboxReader
 from .ratelimit import TokenBucket
 from .recorder import Recorder
 from .sender import Result, Sender, make_session
-from .store import Store
 
 log = get_logger("nevent_dispatch")
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import orjson
 
-from .catalog import BATCH_TYPE
-from .models import Event
+from ..catalog import BATCH_TYPE
+from ..models import Event
 
 _BATCH_HEAD = b'{"type":"' + BATCH_TYPE.encode() + b'","events":['
 _BATCH_TAIL = b"]}"

@@ -1,0 +1,1 @@
+"""The delivery path: outbox → intake → matcher → lanes → sender → recorder, and retries."""

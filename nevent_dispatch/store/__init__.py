@@ -1,0 +1,1 @@
+"""Storage: every SQL statement and the code that runs it (``sqlite/``)."""

@@ -1,0 +1,1 @@
+"""What goes on the wire: envelopes and batch bodies, signatures, sample events."""
