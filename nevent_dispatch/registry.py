@@ -29,6 +29,7 @@ from .config import Config
 from .errors import UrlError, ValidationError
 from .models import Webhook
 from .store.sqlite import Store
+from .wire.addresses import IPAddress, address_problem
 
 __all__ = [
     "MAX_NAME_LENGTH",
@@ -62,8 +63,6 @@ MAX_RATE_LIMIT = 10_000_000
 SECRET_PREFIX = "whsec_"
 #: The subscription to every event type.
 ALL_EVENTS = "*"
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 _SCHEME_DEFAULT_PORTS = {"https": 443, "http": 80}
 
@@ -137,30 +136,6 @@ def _ip_literal(host: str) -> IPAddress | None:
         return ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:
         return None
-
-
-def address_problem(ip: IPAddress) -> str | None:
-    """Why a webhook must not be sent to ``ip`` (e.g. ``'a loopback address'``); None if public."""
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    # Order matters: 127.0.0.1 and 169.254.0.0/16 are also "private" to ipaddress,
-    # and the more precise name is the more useful message.
-    if ip.is_unspecified:
-        return "an unspecified address"
-    if ip.is_loopback:
-        return "a loopback address"
-    if ip.is_link_local:
-        return "a link-local address"
-    if ip.is_multicast:
-        return "a multicast address"
-    if ip.is_reserved:
-        return "a reserved address"
-    if ip.is_private:
-        return "a private address"
-    if not ip.is_global:
-        # e.g. 100.64.0.0/10, the carrier-grade NAT range.
-        return "a non-public address"
-    return None
 
 
 def check_destination(url: str, *, allow_private: bool, resolve: bool = True) -> None:

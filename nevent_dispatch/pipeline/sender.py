@@ -21,7 +21,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from ..clock import SYSTEM, Clock
 from ..config import DeliveryConfig
 from ..models import Outcome
-from ..registry import address_problem
+from ..wire.addresses import address_problem
 from ..wire.signing import DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, USER_AGENT, Signer
 from .retry import parse_retry_after
 

@@ -14,7 +14,6 @@ from nevent_dispatch import registry
 from nevent_dispatch.catalog import EVENT_TYPES
 from nevent_dispatch.errors import UrlError, ValidationError
 from nevent_dispatch.registry import (
-    address_problem,
     check_destination,
     generate_secret,
     mask_secret,
@@ -26,6 +25,7 @@ from nevent_dispatch.registry import (
     validate_secret,
     validate_url,
 )
+from nevent_dispatch.wire.addresses import address_problem
 
 # -- URLs ----------------------------------------------------------------------------------
 
