@@ -142,6 +142,31 @@ def make_outbox(path: Path, events: int, orgs: int, payloads: Payloads) -> float
     return time.monotonic() - started
 
 
+def add_backlog(state: Path, organization_id: str, count: int, rate_per_minute: int) -> None:
+    """Give the webhook of ``organization_id`` a rate limit and ``count`` deliveries due now,
+    one per outbox event 1..count, as after an outage of its endpoint (each with one failed
+    attempt); the cursor is put past them so that intake does not take them in again."""
+    from nevent_dispatch.pipeline.attempts import new_delivery_uuid
+
+    conn = sqlite3.connect(state)
+    try:
+        with conn:
+            (webhook_id,) = conn.execute("SELECT id FROM webhooks WHERE organization_id = ?",
+                                         (organization_id,)).fetchone()
+            conn.execute("UPDATE webhooks SET rate_limit = ? WHERE id = ?",
+                         (rate_per_minute, webhook_id))
+            now = time.time()
+            conn.executemany(
+                "INSERT INTO deliveries (uuid, webhook_id, kind, event_type, event_id, outbox_id,"
+                " event_count, state, attempts, retry_base, next_at, created_at, updated_at,"
+                " last_status) VALUES (?, ?, 'event', ?, ?, ?, 1, 'pending', 1, 0, ?, ?, ?, 500)",
+                ((new_delivery_uuid(now), webhook_id, EVENT_TYPE, f"evt_backlog_{i}", i, now,
+                  now, now) for i in range(1, count + 1)))
+            conn.execute("UPDATE meta SET value = max(value, ?) WHERE key = 'cursor'", (count,))
+    finally:
+        conn.close()
+
+
 def remove_database(path: Path) -> None:
     for suffix in ("", "-wal", "-shm"):
         path.with_name(path.name + suffix).unlink(missing_ok=True)

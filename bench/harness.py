@@ -14,6 +14,7 @@ import shutil
 import sqlite3
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,10 @@ class Sizes:
     slow_variants: tuple[SlowVariant, ...]
     bare_requests: int
     repeat: int
+    #: Events of just under 1 MB in the large-event memory figure.
+    large_events: int = 600
+    #: Due retries of the rate-limited webhook in the fairness figure.
+    fair_backlog: int = 100_000
     body_bytes: int = 1024
 
 
@@ -174,13 +179,15 @@ class Bench:
         return 60.0 + work / 100.0
 
     def start_daemon(self, name: str, layout: Layout, outbox: Path, expected: int, *,
-                     max_in_flight: int = MAX_IN_FLIGHT,
-                     per_webhook: int = PER_WEBHOOK) -> tuple[Daemon, Path]:
+                     max_in_flight: int = MAX_IN_FLIGHT, per_webhook: int = PER_WEBHOOK,
+                     prepare: Callable[[Path], None] | None = None) -> tuple[Daemon, Path]:
         if layout.name not in self._templates:
             self._templates[layout.name] = fixtures.state_template(
                 self.workdir / "templates", layout, self.tls.ca_file)
         folder = self.run_dir(name)
         state = fixtures.copy_state(self._templates[layout.name], folder / "state.db")
+        if prepare is not None:
+            prepare(state)
         config = fixtures.write_config(
             folder / "config.toml", outbox=outbox, state=state, ca_file=self.tls.ca_file,
             log_level=self.log_level, max_in_flight=max_in_flight, per_webhook=per_webhook,

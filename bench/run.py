@@ -49,7 +49,8 @@ FULL = Sizes(
 )
 SMOKE = Sizes(
     events=2_000, memory_events=20_000, fanout_webhooks=1_000, latency_rates=(200, 2_000),
-    latency_s=3.0, slow_events=1_000, bare_requests=2_000, repeat=1,
+    latency_s=3.0, slow_events=1_000, bare_requests=2_000, repeat=1, large_events=30,
+    fair_backlog=2_000,
     slow_variants=(SlowVariant(5), SlowVariant(5, per_webhook=64)),
 )
 

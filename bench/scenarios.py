@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 from pathlib import Path
 
 import orjson
@@ -18,7 +19,7 @@ from . import fixtures
 from .daemon import Daemon
 from .fixtures import one_org, one_per_org
 from .harness import MAX_IN_FLIGHT, Bench, describe, ms
-from .payload import org_name
+from .payload import Payloads, org_name
 from .procs import wait_for
 from .stats import percentile
 
@@ -34,6 +35,18 @@ FLOOR_REQUESTS = 200
 BATCH_TARGET = 100_000
 #: The daemon's default ``batch.max_events``.
 BATCH_MAX_EVENTS = 100
+#: Wire size of the events of the large-event memory figure: just under the 1 MB limit.
+LARGE_BODY_BYTES = 1_000_000
+#: Webhooks sharing the large-event backlog (each holds a few bodies in memory).
+LARGE_WEBHOOKS = 10
+#: The fairness figure: one webhook's due retries, its rate limit (events/min), and the
+#: probes sent one at a time to another organization's webhook.
+FAIR_BACKLOG = 100_000
+FAIR_RATE_PER_MINUTE = 12
+FAIR_PROBES = 50
+#: Probes before the measured ones, and the pause after them (the daemon settles).
+FAIR_WARMUP = 5
+FAIR_SETTLE_S = 2.0
 
 
 # -- limits -----------------------------------------------------------------------------------
@@ -249,6 +262,79 @@ def slow(b: Bench) -> None:
                            f"{SLOW_DELAY_S:g} s = {ceiling:,.0f}/s")
 
 
+def memory_large(b: Bench) -> None:
+    """Peak RSS draining a backlog of events just under the 1 MB payload limit."""
+    n = b.sizes.large_events
+    layout = one_per_org("drain-large", LARGE_WEBHOOKS, lambda i: b.fast.url(f"/ok/{i}"))
+    name = "memory-large"
+    if name not in b._outboxes:
+        path = b.workdir / "outboxes" / f"{name}.db"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fixtures.make_outbox(path, n, LARGE_WEBHOOKS, Payloads(LARGE_BODY_BYTES))
+        b._outboxes[name] = path
+    result = b.drain(name, layout, b._outboxes[name], n, receiver=b.fast)
+    fig = b.figure("memory-large", f"Peak RSS (VmHWM) draining {n:,} events of "
+                   f"{LARGE_BODY_BYTES / 1e6:.1f} MB", "MB",
+                   target="< 1024 MB (the unit's MemoryMax)", check=lambda value, _r: value < 1024)
+    fig.samples.append(result.peak_rss_kb / 1024)
+    fig.details.append(describe(result))
+
+
+def fairness(b: Bench) -> None:
+    """Another organization's latency while one webhook holds 100,000 due retries at 12/min,
+    beside the same latency with no backlog at all."""
+    idle = _probe_latency(b, backlog=0)
+    loaded = _probe_latency(b, backlog=b.sizes.fair_backlog)
+    fig = b.figure("fairness", f"Latency of another organization while one webhook drains "
+                   f"{b.sizes.fair_backlog:,} retries at {FAIR_RATE_PER_MINUTE}/min, p50",
+                   "ms", limit_label="the same with no backlog", target="≤ 2× no backlog",
+                   check=lambda _value, ratio: ratio <= 2.0)
+    fig.samples.append(loaded[0])
+    fig.limits.append(idle[0])
+    fig.details.append(f"p50 {loaded[0]:.1f} ms, p99 {loaded[1]:.1f} ms with the backlog; "
+                       f"p50 {idle[0]:.1f} ms, p99 {idle[1]:.1f} ms without; "
+                       f"{FAIR_PROBES} probes one at a time")
+
+
+def _probe_latency(b: Bench, *, backlog: int) -> tuple[float, float]:
+    """(p50, p99) ms of FAIR_PROBES events to organization 1, one at a time, while
+    organization 0's webhook (limited to FAIR_RATE_PER_MINUTE) has ``backlog`` due retries."""
+    layout = fixtures.Layout("fairness", ((org_name(0), b.fast.url("/ok/0"), False),
+                                          (org_name(1), b.sink.url("/lat/1"), False)))
+    folder = b.workdir / "runs" / f"fairness-outbox-{b.next_seq()}"
+    folder.mkdir(parents=True)
+    outbox = folder / "outbox.db"
+    fixtures.make_outbox(outbox, backlog, 1, b.payloads)
+    daemon, run_folder = b.start_daemon(
+        "fairness", layout, outbox, FAIR_PROBES,
+        prepare=lambda state: fixtures.add_backlog(state, org_name(0), backlog,
+                                                   FAIR_RATE_PER_MINUTE))
+    latencies: list[float] = []
+    try:
+        # Measured once the daemon has settled (started, its lanes filled from the backlog):
+        # the figure is the steady price of the backlog, not of the start-up.
+        for _ in range(FAIR_WARMUP):
+            before = b.sink.counts().ok
+            b.publish_now(outbox, [org_name(1)])
+            wait_for(lambda before=before: b.sink.counts().ok > before  # type: ignore[misc]
+                     or not daemon.alive(), 10, 0.001)
+        time.sleep(FAIR_SETTLE_S)
+        b.sink.records()
+        for _ in range(FAIR_PROBES):
+            before = b.sink.counts().ok
+            b.publish_now(outbox, [org_name(1)])
+            if not wait_for(lambda before=before: b.sink.counts().ok > before  # type: ignore[misc]
+                            or not daemon.alive(), 10, 0.001):
+                b.note(f"fairness: a probe was not received within 10 s (backlog {backlog:,})")
+                break
+        records = b.sink.records()
+        latencies = [ms(received - sent) for _, received, sent in records]
+    finally:
+        b.finish("fairness", daemon, run_folder)
+        fixtures.remove_database(outbox)
+    return (percentile(latencies, 0.5), percentile(latencies, 0.99))
+
+
 #: The figures in the order a round runs them (the longest last).
 FIGURES = {
     "drain": drain,
@@ -257,5 +343,7 @@ FIGURES = {
     "fanout": fanout,
     "latency": latency,
     "slow": slow,
+    "fairness": fairness,
     "memory": memory,
+    "memory-large": memory_large,
 }

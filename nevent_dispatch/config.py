@@ -36,9 +36,15 @@ class DatabaseConfig:
 class OutboxConfig:
     #: Seconds between two checks for new outbox rows (PRAGMA data_version).
     poll_interval: float = 0.005
+    #: Longest wait between two checks when the outbox has been quiet: the check interval
+    #: grows from poll_interval up to this while nothing new arrives (an idle daemon costs
+    #: next to nothing), and drops back at the first new row.
+    idle_poll_interval: float = 0.05
     #: Outbox rows read per page (one intake transaction); memory stays bounded by this
     #: and the lanes. Larger pages mean fewer commits while draining a backlog.
     page_size: int = 2000
+    #: Bytes of event data read per page at most (a page holds at least one row).
+    max_page_bytes: int = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +90,17 @@ class RateLimitConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MemoryConfig:
+    #: Bytes of event bodies all lanes together hold in memory, queued to be sent or waiting
+    #: for a batch; beyond it work waits in the state database. Every webhook is granted at
+    #: least this divided by twice the webhooks holding work. Attempts in flight
+    #: add at most delivery.max_in_flight bodies, and an outbox page max_page_bytes.
+    budget_bytes: int = 192 * 1024 * 1024
+    #: Bytes of event bodies one webhook's lane holds in memory at most.
+    lane_bytes: int = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
 class EventsConfig:
     #: Event types beyond the 17 documented ones that webhooks may subscribe to by name.
     extra_types: tuple[str, ...] = ()
@@ -104,6 +121,7 @@ class Config:
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     batch: BatchConfig = field(default_factory=BatchConfig)
     rate_limit: RateLimitConfig = field(default_factory=RateLimitConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
@@ -198,6 +216,15 @@ def validate(config: Config) -> None:
            config.outbox.poll_interval)
     _check("outbox.page_size", 1 <= config.outbox.page_size <= 100_000, "must be 1..100000",
            config.outbox.page_size)
+    _check("outbox.idle_poll_interval",
+           config.outbox.poll_interval <= config.outbox.idle_poll_interval <= 60,
+           "must be >= outbox.poll_interval and <= 60", config.outbox.idle_poll_interval)
+    _check("outbox.max_page_bytes", config.outbox.max_page_bytes >= 1024, "must be >= 1024",
+           config.outbox.max_page_bytes)
+    m = config.memory
+    _check("memory.lane_bytes", m.lane_bytes >= 1024 * 1024, "must be >= 1048576", m.lane_bytes)
+    _check("memory.budget_bytes", m.budget_bytes >= m.lane_bytes,
+           "must be >= memory.lane_bytes", m.budget_bytes)
     _check("delivery.timeout", d.timeout > 0, "must be > 0", d.timeout)
     _check("delivery.retry_schedule", len(d.retry_schedule) <= 20, "must have at most 20 steps",
            list(d.retry_schedule))

@@ -2,8 +2,9 @@
 
 Owns what belongs to the process and nothing else: the event loop policy, the
 signal handlers (installed through a context manager that restores the old
-ones; the first SIGTERM/SIGINT asks for a drain, a second forces exit), opening
-and closing the store. The pipeline itself lives in ``dispatcher.py``.
+ones; the first SIGTERM/SIGINT/SIGHUP asks for a drain, a second forces exit),
+the state lock (one daemon per state database, ``statelock.py``), opening and
+closing the store. The pipeline itself lives in ``dispatcher.py``.
 """
 
 from __future__ import annotations
@@ -18,9 +19,14 @@ from collections.abc import Iterator
 from .config import Config
 from .logs import get_logger
 from .pipeline.dispatcher import Dispatcher
+from .statelock import hold
 from .store.sqlite import Store
 
 log = get_logger("nevent_dispatch")
+
+#: Signals that ask for a drain. SIGHUP drains too rather than reloading: webhooks are
+#: already reloaded live, and its default action would kill the daemon mid-attempt.
+DRAIN_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 #: Collector thresholds of the daemon (Python's defaults are 700, 10, 10).
 GC_THRESHOLDS = (20_000, 50, 100)
@@ -28,7 +34,7 @@ GC_THRESHOLDS = (20_000, 50, 100)
 
 @contextlib.contextmanager
 def stop_on_signals(loop: asyncio.AbstractEventLoop, dispatcher: Dispatcher) -> Iterator[None]:
-    """First SIGTERM/SIGINT: drain. Second: exit at once (like uvicorn)."""
+    """First SIGTERM/SIGINT/SIGHUP: drain. Second: exit at once (like uvicorn)."""
     received: list[int] = []
 
     def handle(signum: int) -> None:
@@ -40,28 +46,29 @@ def stop_on_signals(loop: asyncio.AbstractEventLoop, dispatcher: Dispatcher) -> 
             log.warning("signal_received", signal=signal.Signals(signum).name, action="exit")
             os._exit(1)
 
-    signals = (signal.SIGTERM, signal.SIGINT)
-    for signum in signals:
+    for signum in DRAIN_SIGNALS:
         loop.add_signal_handler(signum, handle, signum)
     try:
         yield
     finally:
-        for signum in signals:
+        for signum in DRAIN_SIGNALS:
             loop.remove_signal_handler(signum)
 
 
 async def serve(config: Config, *, until_idle: bool = False) -> None:
-    """Open the databases, deliver until stopped, close everything in order."""
-    store = await Store.open(config)
-    try:
-        dispatcher = Dispatcher(config, store)
-        with stop_on_signals(asyncio.get_running_loop(), dispatcher):
-            log.info("daemon_started", pid=os.getpid(), outbox=str(config.database.outbox),
-                     state=str(config.database.state), until_idle=until_idle)
-            await dispatcher.run(until_idle=until_idle)
-    finally:
-        await store.close()
-        log.info("daemon_stopped")
+    """Lock the state, open the databases, deliver until stopped, close everything in order."""
+    # Before the databases are opened: a second daemon must not even migrate them.
+    with hold(config.database.state) as lock:
+        store = await Store.open(config, wait_on_storage=True)
+        try:
+            dispatcher = Dispatcher(config, store)
+            with stop_on_signals(asyncio.get_running_loop(), dispatcher):
+                log.info("daemon_started", pid=os.getpid(), outbox=str(config.database.outbox),
+                         state=str(config.database.state), lock=str(lock), until_idle=until_idle)
+                await dispatcher.run(until_idle=until_idle)
+        finally:
+            await store.close()
+            log.info("daemon_stopped")
 
 
 def tune_gc() -> None:

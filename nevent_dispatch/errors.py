@@ -9,6 +9,8 @@ Exceptions are for bugs and bad input; delivery outcomes are data
     │   ├── FilterError           an invalid webhook filter
     │   └── UrlError              a refused webhook URL
     ├── NotFound                  a webhook or delivery id that does not exist
+    ├── StoreError                a database cannot be opened, migrated or written (store/sqlite)
+    │   └── StateInUse            another daemon holds the state database (statelock)
     └── SignatureError            a webhook request that fails verification
         ├── MalformedHeader       the signature header cannot be parsed
         ├── BadSignature          no v1 entry matches the body and secret

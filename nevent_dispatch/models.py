@@ -14,18 +14,58 @@ from typing import Any, NamedTuple
 
 
 class State(StrEnum):
-    """Where a delivery stands."""
+    """Where a delivery stands. The legal moves between states are ``TRANSITIONS``."""
 
-    #: Waiting: for its first attempt, or for its retry time (next_at).
+    #: Waiting in the database: for its first attempt or its retry time (``next_at``).
     PENDING = "pending"
-    #: Claimed by the running daemon: queued in a lane or an attempt in flight.
-    DELIVERING = "delivering"
+    #: Taken by the running daemon into a lane's memory; not yet being sent.
+    QUEUED = "queued"
+    #: An attempt is being made (recorded with the next state write after it starts, when
+    #: the attempt has not ended by then).
+    IN_FLIGHT = "in_flight"
     #: A 2xx answer was received.
     DELIVERED = "delivered"
-    #: Every allowed attempt failed; an operator may replay it.
+    #: Every allowed attempt failed, or its webhook was deleted; an operator may replay it.
     FAILED = "failed"
     #: Refused at intake (bad JSON, too large, …); never sent.
     REJECTED = "rejected"
+
+
+#: Every legal move of a delivery, and the only place they are written down. ``None`` is
+#: creation. The store's state-changing statements are guarded by these sets
+#: (``sources``), so a statement can never move a delivery along an edge not listed here:
+#: above all, nothing re-reads a queued or in-flight delivery as if it were waiting.
+TRANSITIONS: dict[State | None, frozenset[State]] = {
+    # Intake: queued when its lane has room, pending when the lane is full; or refused.
+    None: frozenset({State.PENDING, State.QUEUED, State.REJECTED}),
+    # Claimed by a lane; or its webhook was deleted.
+    State.PENDING: frozenset({State.QUEUED, State.FAILED}),
+    # Attempt started; released back (lane retired, memory reclaimed, stop, crash); or its
+    # event vanished from the outbox / its webhook was deleted. An attempt that begins and
+    # ends between two state writes is recorded as one move to its end (delivered too).
+    State.QUEUED: frozenset({State.IN_FLIGHT, State.PENDING, State.FAILED, State.DELIVERED}),
+    # The attempt's outcome (pending = a retry is due later); a crash releases it too.
+    State.IN_FLIGHT: frozenset({State.DELIVERED, State.PENDING, State.FAILED}),
+    # An operator's replay.
+    State.FAILED: frozenset({State.PENDING}),
+    State.DELIVERED: frozenset(),
+    State.REJECTED: frozenset(),
+}
+
+#: States in which a delivery still has to be sent.
+OPEN_STATES = frozenset({State.PENDING, State.QUEUED, State.IN_FLIGHT})
+
+
+def sources(target: State) -> tuple[State, ...]:
+    """The states from which a delivery may move to ``target``, in a stable order."""
+    return tuple(sorted((s for s, to in TRANSITIONS.items() if s is not None and target in to),
+                        key=list(State).index))
+
+
+def check_transition(old: State | None, new: State) -> None:
+    """Raise ``ValueError`` for a move the state machine does not allow (a bug)."""
+    if new not in TRANSITIONS[old]:
+        raise ValueError(f"illegal delivery transition {old} -> {new}")
 
 
 class Outcome(StrEnum):
@@ -116,7 +156,8 @@ class Delivery:
     state: State
     #: Attempts made so far.
     attempts: int
-    #: Attempts made before the last replay; the retry schedule restarts from there.
+    #: Attempts that do not count against the retry schedule: those made before the last
+    #: replay, and those answered 429/503 with Retry-After (the webhook was paused).
     retry_base: int
     next_at: float | None
     created_at: float

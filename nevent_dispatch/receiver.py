@@ -32,7 +32,7 @@ import orjson
 
 from .catalog import BATCH_TYPE
 from .errors import DispatchError, SignatureError
-from .wire import signing
+from .wire import envelope, signing
 
 if TYPE_CHECKING:  # aiohttp's server side is imported when serving: the daemon never needs it
     from aiohttp import web
@@ -166,8 +166,8 @@ def _make_handler(
             except SignatureError as exc:
                 signature, reason, status = "invalid", str(exc), 401
         try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError:
+            body = envelope.loads(raw)
+        except ValueError:
             body = None
         if status is None and not isinstance(body, dict):
             reason, status = "body is not a JSON object", 400

@@ -4,10 +4,10 @@ Owns the validation of every field a user gives a webhook (URL and its
 destination, event subscriptions, secret, name, organization, rate limit,
 filter) as pure functions, and the thin async operations — create, update,
 enable/disable, delete — that validate, build a ``Webhook`` and hand it to
-``Store``. ``address_problem`` is shared with the sender, which checks the
-address it actually connects to.
+``Store``. Where an address may point is ``wire.addresses``' table, which the
+sender applies again to the address it actually connects to.
 
-It must not run SQL (``store.py`` does), read the clock (``now`` is given) or
+It must not run SQL (``store/`` does), read the clock (``now`` is given) or
 print: refusals are ``ValidationError``/``UrlError`` with one line that starts
 with the field name and never contains a secret.
 """

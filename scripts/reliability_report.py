@@ -126,6 +126,26 @@ def render(status: int, summary: list[str], figures: dict[str, Any], elapsed: fl
         f"Peak traced memory while four 50 MB answers arrived: "
         f"{figures.get('huge_body_peak_traced_mb', 'n/a')} MB.",
         "",
+        "## Model-based test of the delivery core (`tests/reliability/test_model.py`)",
+        "",
+        "A Hypothesis state machine drives a real daemon, real HTTPS receivers and the CLI "
+        "through random histories (events, floods, webhooks created, disabled, enabled, "
+        "deleted, re-limited, batch toggled; receivers answering 200, 500, 429 or hanging; "
+        "SIGTERM and SIGKILL restarts) and checks the core's invariants on the whole record: "
+        "delivery to every webhook active at intake, nothing to inactive ones, a resend only "
+        "after a failure, timeout or crash and always under the same delivery id, the bucket "
+        "bound, and another organization's latency bound.",
+        "",
+        "| figure | value |",
+        "|---|---|",
+        *[row(f"examples: {k.removeprefix('model_examples.')}", v)
+          for k, v in sorted(figures.items()) if k.startswith("model_examples.")],
+        *[row(name, figures.get(f"model_{key}", "n/a")) for key, name in (
+            ("steps", "steps"), ("kills", "daemon kills (SIGKILL)"),
+            ("restarts", "daemon restarts (SIGTERM)"), ("events", "events committed"),
+            ("requests", "requests received"), ("probes", "fairness probes measured"),
+            ("failing_examples", "examples breaking an invariant (must be 0)"))],
+        "",
         f"## Bad input ({len(bad)} inputs tried)",
         "",
         *[f"- {name}" for name in bad],

@@ -31,7 +31,7 @@ from collections.abc import Sequence
 
 from ..config import CONFIG_ENV, load
 from ..errors import ConfigError, DispatchError
-from . import deliveries, local, webhooks
+from . import deliveries, local, status, webhooks
 from .common import (
     DEBUG_ENV,
     EXIT_INTERNAL,
@@ -53,7 +53,7 @@ GROUPS: dict[str, str] = {
 #: Every command, in the order ``--help`` lists them.
 COMMANDS: tuple[Command, ...] = (
     *webhooks.COMMANDS[:1], *deliveries.COMMANDS[:1], *local.COMMANDS,
-    *webhooks.COMMANDS[1:], *deliveries.COMMANDS[1:],
+    *webhooks.COMMANDS[1:], *deliveries.COMMANDS[1:], *status.COMMANDS,
 )
 
 

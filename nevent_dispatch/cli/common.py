@@ -58,11 +58,18 @@ def now() -> float:
     return SYSTEM.time()
 
 
-def with_store(config: Config, work: Callable[[Store], Awaitable[T]]) -> T:
-    """Open both databases, run ``work`` on them and always close them."""
+def with_store(config: Config, work: Callable[[Store], Awaitable[T]], *,
+               migrate: bool = False) -> T:
+    """Open both databases, run ``work`` on them and always close them.
+
+    Only ``init`` migrates (``run`` does in the daemon): a command of a newer install
+    must not change the schema under a running older daemon. Without ``migrate``, a
+    state database that is missing or of another schema version is refused in one
+    line saying what to run.
+    """
 
     async def run() -> T:
-        store = await Store.open(config)
+        store = await Store.open(config, migrate=migrate)
         try:
             return await work(store)
         finally:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import orjson
 
-from .. import logs, receiver, registry
+from .. import logs, receiver, registry, statelock
 from ..catalog import EVENT_TYPES
 from ..config import Config
 from ..errors import DispatchError, ValidationError
@@ -48,8 +48,8 @@ def _cmd_emit(args: argparse.Namespace, config: Config) -> int:
             data = orjson.loads(args.data)
         except orjson.JSONDecodeError as exc:
             raise ValidationError(f"data: not valid JSON: {exc}") from None
-    # The outbox table must exist: the daemon's init creates it, idempotently.
-    asyncio.run(_init(config))
+    # The outbox table must exist: `init` creates it. Refused, never migrated, if it has not run.
+    asyncio.run(_check_initialised(config))
     conn = sqlite3.connect(config.database.outbox, timeout=config.database.busy_timeout)
     try:
         ids = []
@@ -67,8 +67,8 @@ def _cmd_emit(args: argparse.Namespace, config: Config) -> int:
     return EXIT_OK
 
 
-async def _init(config: Config) -> None:
-    store = await Store.open(config)
+async def _check_initialised(config: Config) -> None:
+    store = await Store.open(config, migrate=False)
     await store.close()
 
 
@@ -119,7 +119,9 @@ def _args_demo(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace, config: Config) -> int:
-    return asyncio.run(_demo(args.org, config))
+    # A dispatcher on the state, like `run`: it holds the state lock (and may migrate).
+    with statelock.hold(config.database.state):
+        return asyncio.run(_demo(args.org, config))
 
 
 async def _demo(org: str, config: Config) -> int:

@@ -32,7 +32,7 @@ from .common import (
 
 
 def _cmd_init(args: argparse.Namespace, config: Config) -> int:
-    version = with_store(config, lambda store: store.migrate())
+    version = with_store(config, lambda store: store.migrate(), migrate=True)
     print(f"initialised outbox {os.path.abspath(config.database.outbox)} and state "
           f"{os.path.abspath(config.database.state)} (schema v{version})")
     return EXIT_OK

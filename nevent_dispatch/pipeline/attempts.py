@@ -15,8 +15,8 @@ import orjson
 from .. import logs
 from ..clock import SYSTEM, Clock
 from ..config import Config
-from ..models import Delivery, Kind, Outcome, State, Webhook
-from ..store.sqlite import Store
+from ..models import TRANSITIONS, Delivery, Kind, Outcome, State, Webhook, check_transition
+from ..store.sqlite import Finish, Row, Store
 from . import retry
 from .lanes import Job
 from .sender import Result, Sender, make_session
@@ -24,25 +24,49 @@ from .sender import Result, Sender, make_session
 log = logs.get_logger("nevent_dispatch")
 
 
-def settle(job: Job, webhook: Webhook, result: Result, config: Config) -> tuple[State, float | None]:
-    """A delivery's state after an attempt, and when to try again."""
+#: Attempts of one delivery that a 429/503 with Retry-After may answer without using up a
+#: retry (the webhook is paused instead); later ones count like any failure.
+THROTTLE_FREE_ATTEMPTS = 20
+
+
+def throttled(result: Result) -> bool:
+    """The endpoint asked, with Retry-After, to be called later (429 or 503)."""
+    return result.retry_after is not None and result.status in (429, 503)
+
+
+def settle(job: Job, webhook: Webhook, result: Result, config: Config
+           ) -> tuple[State, float | None, int]:
+    """A delivery's state after an attempt, when to try again, and its new retry base.
+
+    A 429/503 with Retry-After pauses the whole webhook (see the lanes): the delivery
+    that got it is due again when the pause ends, and the attempt does not count against
+    the retry schedule (``retry_base`` moves with it).
+    """
     if result.outcome is Outcome.SUCCESS:
-        return State.DELIVERED, None
+        return State.DELIVERED, None, job.retry_base
+    if (throttled(result) and webhook.retries and job.kind is not Kind.TEST
+            and job.attempts < THROTTLE_FREE_ATTEMPTS):
+        assert result.retry_after is not None
+        delay = min(result.retry_after, max(config.delivery.retry_schedule, default=0.0))
+        return State.PENDING, result.started_at + delay, job.retry_base + 1
     next_at = retry.next_attempt_at(
         attempts_in_round=job.attempts + 1 - job.retry_base,
         schedule=config.delivery.retry_schedule,
         retries=webhook.retries and job.kind is not Kind.TEST,
         outcome=result.outcome, now=result.started_at, retry_after=result.retry_after)
-    return (State.FAILED, None) if next_at is None else (State.PENDING, next_at)
+    if next_at is None:
+        return State.FAILED, None, job.retry_base
+    return State.PENDING, next_at, job.retry_base
 
 
-def result_rows(job: Job, result: Result, state: State, next_at: float | None,
-                now: float) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+def result_rows(job: Job, result: Result, state: State, next_at: float | None, retry_base: int,
+                now: float, error: str | None = None) -> tuple[tuple[Any, ...], Finish]:
     """The attempts row and the deliveries update for one attempt."""
     number = job.attempts + 1
     attempt = (job.delivery_id, number, result.started_at, round(result.latency_ms, 3),
                result.outcome.value, result.status, result.error, result.response)
-    finish = (state.value, number, next_at, now, result.status, result.error, job.delivery_id)
+    finish = tuple.__new__(Finish, (state.value, number, retry_base, next_at, now,
+                                    result.status, error or result.error, job.delivery_id))
     return attempt, finish
 
 
@@ -95,12 +119,21 @@ _RANDOM = _RandomPool()
 os.register_at_fork(after_in_child=_RANDOM.forget)  # a child must not reuse the parent's bytes
 
 
+#: The states a delivery may be created in (``TRANSITIONS[None]``).
+_CREATED_IN = TRANSITIONS[None]
+
+
 def new_delivery_row(*, webhook_id: str | None, kind: Kind, event_type: str, event_id: str | None,
                      outbox_id: int | None, event_count: int, state: State, now: float,
-                     error: str | None = None, body: bytes | None = None) -> tuple[Any, ...]:
-    """A deliveries row (without its id) as ``Store.record_intake`` and friends take it."""
-    return (new_delivery_uuid(now), webhook_id, kind.value, event_type, event_id, outbox_id,
-            event_count, state.value, None, now, now, error, body)
+                     error: str | None = None, body: bytes | None = None) -> Row:
+    """A deliveries row (without its id) as ``Store.record_intake`` and friends take it;
+    a pending one is due ``now``."""
+    if state not in _CREATED_IN:
+        check_transition(None, state)  # raises, naming the move
+    # tuple.__new__ skips the named tuple's Python-level constructor: one row per delivery.
+    return tuple.__new__(Row, (new_delivery_uuid(now), webhook_id, kind.value, event_type,
+                               event_id, outbox_id, event_count, state.value,
+                               now if state is State.PENDING else None, now, now, error, body))
 
 
 async def send_test(config: Config, store: Store, webhook: Webhook, event_type: str, *,
@@ -119,15 +152,15 @@ async def send_test(config: Config, store: Store, webhook: Webhook, event_type: 
     envelope = orjson.loads(body)
     row = new_delivery_row(webhook_id=webhook.id, kind=Kind.TEST, event_type=event_type,
                            event_id=envelope["id"], outbox_id=None, event_count=1,
-                           state=State.DELIVERING, now=now, body=body)
+                           state=State.QUEUED, now=now, body=body)
     delivery_id = await store.insert_delivery(row)
     job = Job(delivery_id, row[0], Kind.TEST, event_type, envelope["id"], body, 1, 0, 0)
     async with make_session(config.delivery) as session:
         result = await Sender(session, config.delivery, clock).send(
             url=webhook.url, secret=webhook.secret, body=body, event_type=event_type,
             delivery_uuid=job.uuid)
-    state, next_at = settle(job, webhook, result, config)
-    attempt, finish = result_rows(job, result, state, next_at, clock.time())
-    await store.record_results([attempt], [finish])
+    state, next_at, retry_base = settle(job, webhook, result, config)
+    attempt, finish = result_rows(job, result, state, next_at, retry_base, clock.time())
+    await store.record_results([(now, delivery_id)], [attempt], [finish])
     log_attempt(job, webhook.id, result, state, next_at)
     return await store.get_delivery(delivery_id), result

@@ -17,6 +17,7 @@ import orjson
 
 from ..logs import get_logger
 from ..models import Kind, State, Webhook
+from ..store.sqlite import Row
 from ..wire.envelope import BATCH_OVERHEAD, Rejection, parse_row
 from .attempts import new_delivery_row
 from .matcher import Matcher
@@ -30,8 +31,9 @@ Queued = tuple[int, str, str, bytes]
 
 @dataclass(slots=True)
 class Plan:
-    #: ``deliveries`` rows (without ids) in the order they get ids.
-    deliveries: list[tuple[Any, ...]] = field(default_factory=list)
+    #: ``deliveries`` rows (without ids) in the order they get ids; queued until the lane
+    #: host decides that a lane has no room for one (then pending).
+    deliveries: list[Row] = field(default_factory=list)
     #: Events waiting for a batch, by batch webhook: [outbox_id, event_id, type] in order.
     waiting: dict[str, list[tuple[int, str, str]]] = field(default_factory=dict)
     #: By webhook id, the webhook and its work in order: (event, n) for the n-th delivery
@@ -69,7 +71,7 @@ def plan_page(rows: Sequence[Any], matcher: Matcher, max_bytes: int, now: float)
                 plan.deliveries.append(new_delivery_row(
                     webhook_id=webhook.id, kind=Kind.EVENT, event_type=event.type,
                     event_id=event.id, outbox_id=event.outbox_id, event_count=1,
-                    state=State.DELIVERING, now=now))
+                    state=State.QUEUED, now=now))
                 plan._push(webhook, queued, len(plan.deliveries))
             elif len(event.body) + BATCH_OVERHEAD > max_bytes:
                 _reject(plan, Rejection(event.outbox_id, event.id, event.type,

@@ -1,11 +1,15 @@
 """Per-webhook lanes: order, rate limit, in-flight bound and batching.
 
 Owns a webhook's queue of work in memory and the loop that decides when the
-head of it may go: when the bucket has the tokens, a per-webhook slot and a
-global slot are free (taken before the work), and — in batch mode — when a
-batch is full or has waited ``batch.max_wait``. A lane never holds more than
-its cap: beyond it work stays in the database ("spilled") and the lane refills
-from there in order. It must not send or write anything itself: its host does.
+head of it may go: when the webhook is not paused (Retry-After, a streak of
+timeouts), the bucket has the tokens, a per-webhook slot and a global slot are
+free (taken before the work), and — in batch mode — when a batch is full or has
+waited ``batch.max_wait``. A batch never carries more events than the bucket
+holds, so no window exceeds the bucket's bound. A lane holds what the memory
+budget grants it: beyond that, work waits in the database (``backlog``:
+pending deliveries; ``spilled``: events waiting for a batch) and the lane
+reads it back in order when it has room. It must not send or write anything
+itself: its host does.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Protocol
 
 from ..models import Kind, Webhook
 from ..wire.envelope import BATCH_OVERHEAD, take_batch
+from .budget import Budget
 from .ratelimit import TokenBucket
 
 
@@ -107,7 +112,7 @@ class Slots:
 
 
 class Host(Protocol):
-    """What a lane needs from the dispatcher."""
+    """What a lane needs from the lane host."""
 
     max_events: int
     max_wait: float
@@ -119,6 +124,9 @@ class Host(Protocol):
 
     def monotonic(self) -> float: ...
     def stopping(self) -> bool: ...
+    def held(self) -> bool: ...
+    def admit(self, lane: Lane, work: Job | Item) -> bool: ...
+    def forget(self, lane: Lane, work: Job | Item) -> None: ...
     async def refill(self, lane: Lane) -> int: ...
     async def make_batch(self, lane: Lane, items: list[Item]) -> Job: ...
     def start_attempt(self, lane: Lane, job: Job) -> None: ...
@@ -131,7 +139,7 @@ def _wake(waiter: asyncio.Future[None]) -> None:
 
 class Lane:
     def __init__(self, webhook: Webhook, bucket: TokenBucket, host: Host, *, cap: int,
-                 mark: int) -> None:
+                 mark: int = 0) -> None:
         self.webhook = webhook
         self.bucket = bucket
         self.host = host
@@ -142,18 +150,30 @@ class Lane:
         #: breaks, grown back by one per success, never above the per-webhook bound. A
         #: hanging endpoint thus holds one or two of the global slots, not its full share.
         self.limit = host.per_webhook
-        #: Work for this lane was left in the database because the lane was full.
+        #: Pending deliveries of this webhook may be due in the database: the lane reads
+        #: them (pending → queued) when it has room. Set through ``more_in_db``.
+        self.backlog = False
+        #: Counts ``more_in_db``, so a refill racing with intake does not clear ``backlog``
+        #: after new work was recorded behind its read.
+        self.backlogs = 0
+        #: Events waiting for a batch were left in the database (after ``mark``).
         self.spilled = False
         #: Counts spills, so a refill racing with intake does not clear ``spilled`` too early.
         self.spills = 0
-        #: The highest delivery id (batch mode: outbox id) this lane has taken; refills
-        #: read above it.
+        #: Batch mode: the highest outbox id this lane has taken; refills read above it.
         self.mark = mark
         #: Bytes of the event bodies, and count of the jobs, in the queue (batch planning).
         self.item_bytes = 0
         self.jobs = 0
+        #: Monotonic time until which the endpoint asked not to be called (Retry-After), or
+        #: was given a rest after a streak of timeouts: nothing of this lane is sent before.
+        self.paused_until = 0.0
+        #: Consecutive attempts that timed out or could not connect.
+        self.failing_streak = 0
         #: Set when the webhook went away or changed mode: the lane takes no more work.
         self.retired = False
+        #: Set with ``retired`` when the webhook was deleted: what it holds ends as failed.
+        self.deleted = False
         #: Set by ``poke``: something changed since the loop last looked.
         self._poked = False
         self._waiter: asyncio.Future[None] | None = None
@@ -164,13 +184,28 @@ class Lane:
 
     @property
     def full(self) -> bool:
-        return self.spilled or len(self.queue) >= self.cap
+        """Work for this lane must wait in the database (to keep it in order)."""
+        return self.spilled or self.backlog or len(self.queue) >= self.cap
 
-    def push(self, work: Job | Item) -> None:
+    def offer(self, work: Job | Item) -> bool:
+        """Queue ``work`` if the lane has room and the memory budget grants it; else False."""
+        if self.retired or len(self.queue) >= self.cap or not self.host.admit(self, work):
+            return False
         self.extend((work,))
+        return True
+
+    def reserve(self, work: Job | Item, taken: list[Job | Item]) -> bool:
+        """Admit work to be queued once it is recorded (``extend`` then): as ``offer``, with
+        ``taken`` holding what was reserved before it."""
+        if (self.retired or len(self.queue) + len(taken) >= self.cap
+                or not self.host.admit(self, work)):
+            return False
+        taken.append(work)
+        return True
 
     def extend(self, works: Sequence[Job | Item]) -> None:
-        """Queue work (all jobs or all events) in order; wake the loop if it has use for it."""
+        """Queue work already admitted (all jobs or all events) in order; wake the loop if it
+        has use for it."""
         self.queue.extend(works)
         if isinstance(works[0], Item):
             self.item_bytes += sum([len(w.body) for w in works])
@@ -183,23 +218,54 @@ class Lane:
     def _room(self) -> bool:
         """True while the queued events fit one batch with room for more."""
         host = self.host
-        return len(self.queue) < host.max_events and (
+        return len(self.queue) < self.batch_limit() and (
             BATCH_OVERHEAD + self.item_bytes + len(self.queue) <= host.max_bytes)
 
-    def _pop(self) -> Job | Item:
-        work = self.queue.popleft()
+    def _unqueued(self, work: Job | Item) -> Job | Item:
         if isinstance(work, Item):
             self.item_bytes -= len(work.body)
         else:
             self.jobs -= 1
+        self.host.forget(self, work)
         return work
+
+    def _pop(self) -> Job | Item:
+        return self._unqueued(self.queue.popleft())
 
     def clear(self) -> list[Job | Item]:
         """Empty the queue; returns what it held."""
-        held = list(self.queue)
-        self.queue.clear()
-        self.item_bytes = self.jobs = 0
-        return held
+        return [self._pop() for _ in range(len(self.queue))]
+
+    def give_back(self, nbytes: int) -> list[Job | Item]:
+        """Drop the newest work worth at least ``nbytes`` from memory (the budget reclaims it
+        for another lane); returns it. The host gives jobs back to the database; dropped
+        events are read again from their waiting rows."""
+        dropped: list[Job | Item] = []
+        while self.queue and nbytes > 0:
+            work = self._unqueued(self.queue.pop())
+            nbytes -= Budget.cost(len(work.body))
+            dropped.append(work)
+        if any(isinstance(w, Item) for w in dropped):
+            kept = [w.outbox_id for w in self.queue if isinstance(w, Item)]
+            self.mark = kept[-1] if kept else min(w.outbox_id for w in dropped if isinstance(w, Item)) - 1
+            self.spill()
+        return dropped
+
+    def batch_limit(self) -> int:
+        """Most events one batch may carry: the configured size, and never more than the
+        bucket holds, so a batch can always be paid for at once."""
+        return max(1, min(self.host.max_events, int(self.bucket.capacity)))
+
+    def pause(self, until: float) -> None:
+        """Send nothing before ``until`` (monotonic); a later pause extends it."""
+        self.paused_until = max(self.paused_until, until)
+        self.poke()
+
+    def more_in_db(self) -> None:
+        """Work of this lane waits (or may wait) in the database as pending."""
+        self.backlog = True
+        self.backlogs += 1
+        self.poke()
 
     def spill(self) -> None:
         self.spilled = True
@@ -243,13 +309,16 @@ class Lane:
         ``run``) and a spilled lane running low (``run`` refills it) are left to the loop.
         """
         host = self.host
-        if (not self.queue or self.retired or host.stopping() or self.in_flight >= self.limit
-                or (self.spilled and len(self.queue) < self.cap // 2)):
+        if (not self.queue or self.retired or host.stopping() or host.held()
+                or self.in_flight >= self.limit
+                or ((self.spilled or self.backlog) and len(self.queue) < self.cap // 2)):
             return None
         head = self.queue[0]
         if not isinstance(head, Job):
             return None
         now = host.monotonic()
+        if now < self.paused_until:
+            return None
         if self.bucket.wait(head.event_count, now) > 0:
             return None
         self.in_flight += 1
@@ -266,33 +335,35 @@ class Lane:
         may_wait = waited < host.max_wait and not self.spilled and not host.stopping()
         if may_wait and not self.jobs and self._room():
             return 0, host.max_wait - waited  # every queued event fits and more may come
+        limit = self.batch_limit()
         items: list[int] = []
         for work in self.queue:
-            if not isinstance(work, Item) or len(items) == host.max_events:
+            if not isinstance(work, Item) or len(items) == limit:
                 break
             items.append(len(work.body))
-        count = take_batch(items, host.max_events, host.max_bytes)
-        complete = count < len(items) or count == host.max_events or (
+        count = take_batch(items, limit, host.max_bytes)
+        complete = count < len(items) or count == limit or (
             count < len(self.queue))  # a job behind the items, or the bytes limit, closes the batch
         if complete or not may_wait:
             return count, 0.0
         return 0, host.max_wait - waited
 
     async def run(self) -> None:
-        """Send the queue's head whenever it may go; return when the lane is empty."""
+        """Send the queue's head whenever it may go; return when the lane has nothing to do."""
         host = self.host
-        idle_refills = 0
         while not host.stopping() and not self.retired:
             self._poked = False
-            if self.spilled and len(self.queue) < self.cap // 2:
-                if await host.refill(self) == 0 and not self.queue:
-                    idle_refills += 1
-                    await self._sleep(min(0.05 * idle_refills, 1.0))
-                    continue
-                idle_refills = 0
+            if host.held():  # the state database refuses writes: send nothing unrecorded
+                await self._sleep(0.5)
+                continue
+            if (self.backlog or self.spilled) and len(self.queue) < self.cap // 2:
+                await host.refill(self)
             if not self.queue:
                 return
             now = host.monotonic()
+            if now < self.paused_until:
+                await self._sleep(self.paused_until - now)
+                continue
             head = self.queue[0]
             if isinstance(head, Item):
                 count, wait = self._plan_batch(now)
@@ -310,6 +381,7 @@ class Lane:
                 continue
             await host.slots.acquire(self)
             if (not self.queue or self.queue[0] is not head or self.in_flight >= self.limit
+                    or self.retired or host.monotonic() < self.paused_until
                     or self.bucket.wait(count, host.monotonic()) > 0):
                 host.slots.release()  # attempts served this lane meanwhile: plan again
                 continue

@@ -19,6 +19,14 @@ class TokenBucket:
         self._tokens = self.capacity
         self._stamp = now
 
+    def following(self, previous: TokenBucket, now: float) -> TokenBucket:
+        """This bucket, taking over what ``previous`` (the same webhook's) had left: a lane
+        made again (webhook re-enabled, mode or limit changed) must not start full."""
+        previous._refill(now)
+        self._tokens = min(self.capacity, previous._tokens)
+        self._stamp = now
+        return self
+
     def _refill(self, now: float) -> None:
         if now > self._stamp:
             self._tokens = min(self.capacity, self._tokens + (now - self._stamp) * self.rate)

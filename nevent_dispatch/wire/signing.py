@@ -21,9 +21,8 @@ import hmac
 import time
 from typing import Any
 
-import orjson
-
 from ..errors import BadSignature, MalformedHeader, SignatureError, StaleTimestamp
+from . import envelope
 
 __all__ = [
     "DELIVERY_HEADER",
@@ -202,8 +201,8 @@ def verify(
         body = _body_bytes(body)
     verify_signature(body, header, secret, tolerance, now=now)
     try:
-        event = orjson.loads(body)
-    except orjson.JSONDecodeError:
+        event = envelope.loads(body)
+    except ValueError:  # orjson.JSONDecodeError included
         raise SignatureError("body is not valid JSON") from None
     if not isinstance(event, dict):
         raise SignatureError("body is not a JSON object")

@@ -133,7 +133,9 @@ max_wait = 0.05
 @pytest.fixture
 def ops(tmp_path: Path, tls: dict[str, Any]) -> Ops:
     """The CLI on a fresh config in tmp_path that trusts the test CA, with 0.05 s retries."""
-    return Ops(tmp_path, tls["ca_file"])
+    ops = Ops(tmp_path, tls["ca_file"])
+    ops.ok("init")
+    return ops
 
 
 async def _run_until_idle(ops: Ops) -> None:
@@ -305,6 +307,7 @@ def history(tmp_path_factory: pytest.TempPathFactory, tls: dict[str, Any]) -> Hi
     The tests that use it only read the history, so one run serves them all.
     """
     ops = Ops(tmp_path_factory.mktemp("history"), tls["ca_file"])
+    ops.ok("init")
     # A thread of its own keeps this loop apart from the tests' event loops.
     with ThreadPoolExecutor(1) as pool:
         return pool.submit(asyncio.run, _deliver_sample_traffic(ops, tls)).result(timeout=120)

@@ -20,6 +20,7 @@ def test_retry_on_a_disabled_webhook_says_it_waits_for_enable(tmp_path):
     config = tmp_path / "c.toml"
     config.write_text(f'[database]\noutbox = "{tmp_path}/a.db"\nstate = "{tmp_path}/s.db"\n'
                       "[delivery]\nallow_private_networks = true\ntimeout = 2.0\n")
+    assert _cli(config, "init").returncode == 0
     created = _cli(config, "webhooks", "create", "--org", "org_a", "--name", "n", "--json",
                    "--url", f"https://127.0.0.1:{free_port()}/hook")
     assert created.returncode == 0, created.stderr

@@ -42,11 +42,13 @@ def config_path(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def cli(tmp_path: Path, config_path: Path) -> Cli:
-    """Run `python -m nevent_dispatch --config <tmp config> ARGS…` and return the result."""
+    """Run `python -m nevent_dispatch --config <tmp config> ARGS…` on initialised databases."""
 
     def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         return _run(("--config", str(config_path), *args), tmp_path, env)
 
+    initialised = run("init")
+    assert initialised.returncode == 0, initialised.stderr
     return run
 
 

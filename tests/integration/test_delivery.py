@@ -314,6 +314,6 @@ async def test_webhooks_competing_for_the_global_bound_each_get_everything_in_or
         for n, receiver in enumerate(receivers):
             assert [e["data"]["n"] for e in receiver.events()] == list(range(n, 180, 6))
         assert dispatcher.stats["attempts"] == dispatcher.stats["delivered"] == 180
-        assert dispatcher.slots.free == 2 and dispatcher.slots.first_waiting() is None
+        assert dispatcher.host.slots.free == 2 and dispatcher.host.slots.first_waiting() is None
     finally:
         await store.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import stat
 from pathlib import Path
@@ -102,11 +103,11 @@ async def test_a_write_cancelled_at_any_point_leaves_no_transaction_open(tmp_pat
     try:
         for delay in [0, 0, 0.0001, 0.0005, 0.001, 0.002]:
             for _ in range(5):
-                task = asyncio.create_task(store.record_results([], []))
+                task = asyncio.create_task(store.record_results([], [], []))
                 await asyncio.sleep(delay)
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
-        await store.record_results([], [])
+        await store.record_results([], [], [])
         assert await store.recover_claimed(0.0) == 0
     finally:
         await store.close()
@@ -130,7 +131,7 @@ async def test_batch_events_are_stored_per_page_and_leave_waiting_once_batched(t
         def batch_row(count: int) -> tuple:
             return new_delivery_row(webhook_id="wh_a", kind=Kind.BATCH, event_type="batch",
                                     event_id=None, outbox_id=None, event_count=count,
-                                    state=State.DELIVERING, now=1.0)
+                                    state=State.QUEUED, now=1.0)
 
         [first] = await store.create_batches([(batch_row(3), "wh_a", page[:3])])
         assert await store.batch_events(first) == page[:3]
@@ -143,3 +144,34 @@ async def test_batch_events_are_stored_per_page_and_leave_waiting_once_batched(t
         assert await store.waiting_webhooks() == ["wh_b"]  # wh_a's fully batched row is gone
     finally:
         await store.close()
+
+
+async def test_reads_never_see_a_write_transaction_before_it_commits(store):
+    """A read made while another coroutine's write transaction is open sees only committed
+    rows (reads go through their own connection): a refill cannot queue a page twice."""
+    from nevent_dispatch.models import Kind, State
+    from nevent_dispatch.pipeline.attempts import new_delivery_row
+
+    inside = asyncio.Event()
+    go_on = asyncio.Event()
+    row = new_delivery_row(webhook_id="wh_x", kind=Kind.EVENT, event_type="fan.created",
+                           event_id="evt_1", outbox_id=1, event_count=1, state=State.PENDING,
+                           now=1000.0)
+
+    async def work(db):
+        await db.execute(store_queries()["insert_delivery"], (1, *row))
+        inside.set()
+        await go_on.wait()
+
+    writer = asyncio.create_task(store._transact(work))
+    await inside.wait()
+    assert await store.next_due("wh_x") is None  # uncommitted: invisible
+    assert await store.list_deliveries(webhook_id="wh_x") == []
+    go_on.set()
+    await writer
+    assert await store.next_due("wh_x") == 1000.0
+
+
+def store_queries():
+    from nevent_dispatch.store.sqlite.sql import QUERIES
+    return QUERIES

@@ -145,6 +145,8 @@ async def test_no_secret_appears_in_logs_outputs_errors_or_history(
     """Generated, given and rotated secrets: only the creation output shows one, once."""
     config = make_config(delivery={"retry_schedule": (0.05,), "timeout": 1.0})
     path = toml_config(tmp_path / "secrets.toml", config, log={"level": "debug"})
+    initialised = run_cli("init", config_path=path, cwd=tmp_path)
+    assert initialised.returncode == 0, initialised.stderr
     outputs: list[str] = []
 
     async def cli(*args: str, stdin: str | None = None, ok: bool = True) -> str:

@@ -65,7 +65,7 @@ async def test_attempts_longer_than_the_grace_are_cut_and_left_for_the_next_daem
     assert await asyncio.to_thread(process.wait, 15) == 0
     assert time.monotonic() - signalled < 2.5
     [delivery] = await store.list_deliveries(webhook_id=webhook.id)
-    assert delivery.state in (State.DELIVERING, State.PENDING)
+    assert delivery.state in (State.QUEUED, State.IN_FLIGHT, State.PENDING)
     assert delivery.attempts == 0, "a cut attempt is not counted as failed"
 
 

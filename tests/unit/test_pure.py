@@ -132,7 +132,7 @@ def test_envelope_has_the_documented_keys_in_order():
     ((1, b"e", b"fan\x00x", b"o", b"{}", 1), "NUL"),
     ((1, b"e", b"\xff", b"o", b"{}", 1), "UTF-8"),
     ((1, b"e", b"fan.created", b"o", b"\xff{}", 1), "JSON"),
-    ((1, b"e", b"fan.created", b"o", b"[" * 5000 + b"]" * 5000, 1), "JSON"),
+    ((1, b"e", b"fan.created", b"o", b"[" * 5000 + b"]" * 5000, 1), "nested too deeply"),
 ])
 def test_bad_rows_are_rejected_with_a_reason(row, reason):
     """Each kind of bad outbox row becomes a Rejection that says what is wrong."""
@@ -206,14 +206,20 @@ class _BatchHost:
     def stopping(self) -> bool:
         return False
 
+    def admit(self, lane: Lane, work: object) -> bool:
+        return True
+
+    def forget(self, lane: Lane, work: object) -> None:
+        pass
+
 
 def _lane_with(*sizes: int) -> Lane:
     lane = Lane(Webhook(id="wh_1", organization_id="org", name="n", url="https://x.test/",
                         secret="whsec_x", events=("*",), filter=None, batch=True, retries=True,
                         rate_limit=None, active=True, created_at=0.0, updated_at=0.0),
-                TokenBucket(60, 10, 0.0), _BatchHost(), cap=512, mark=0)  # type: ignore[arg-type]
+                TokenBucket(6000, 100, 0.0), _BatchHost(), cap=512, mark=0)  # type: ignore[arg-type]
     for n, size in enumerate(sizes):
-        lane.push(Item(n, f"evt_{n}", "fan.created", b"x" * size, 0.0))
+        lane.extend([Item(n, f"evt_{n}", "fan.created", b"x" * size, 0.0)])
     return lane
 
 
@@ -228,9 +234,17 @@ def test_a_batch_waits_while_more_events_fit_and_goes_when_full_or_old():
     assert (lane.item_bytes, lane.jobs, len(lane.queue)) == (0, 0, 0)
 
 
+def test_a_batch_never_carries_more_events_than_the_bucket_holds():
+    """With batch.max_events above the bucket's capacity, batches are cut to the capacity."""
+    lane = _lane_with(*[1] * 100)
+    lane.bucket = TokenBucket(10, 100, 0.0)  # 10/min: the bucket holds 10
+    assert lane.batch_limit() == 10
+    assert lane._plan_batch(0.0) == (10, 0.0)
+
+
 def test_a_job_behind_waiting_events_closes_their_batch():
     lane = _lane_with(10, 10)
-    lane.push(Job(7, "uuid", Kind.BATCH, "batch", None, b"{}", 3, 1, 0))
+    lane.extend([Job(7, "uuid", Kind.BATCH, "batch", None, b"{}", 3, 1, 0)])
     assert lane._plan_batch(0.0) == (2, 0.0)
     assert [type(w).__name__ for w in lane.clear()] == ["Item", "Item", "Job"]
     assert (lane.item_bytes, lane.jobs) == (0, 0)

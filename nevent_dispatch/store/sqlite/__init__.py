@@ -1,11 +1,18 @@
 """The only module that executes SQL (but the application-side insert).
 
-Owns the two connections — the application's outbox database, only ever read
-after ``init``, and the daemon's state database — their pragmas, the schema
-migrations and every read and write, spoken in models rather than rows. Writes
-happen in short ``BEGIN IMMEDIATE`` transactions serialized by one lock, and
-the per-attempt results are grouped by the caller into one transaction per
-flush. It must not decide anything about delivery: it stores what it is told.
+Owns the connections — the application's outbox database, only ever read
+after ``init``, and the daemon's state database, opened twice: one connection
+for write transactions, one for reads — their pragmas, the schema migrations
+and every read and write, spoken in models rather than rows.
+
+A write transaction is one unit (``_transact``): one coroutine's function run
+under the write lock between ``BEGIN IMMEDIATE`` and ``COMMIT``. Reads go
+through the other connection, so no read can see a transaction's uncommitted
+rows, and no other coroutine's statement can land inside one. A daemon store
+(``wait_on_storage``) rides out a full disk or a locked database by retrying
+the whole transaction with a backoff, logging the file and the cause; the
+CLI's store fails at once with one line. It must not decide anything about
+delivery: it stores what it is told.
 """
 
 from __future__ import annotations
@@ -15,15 +22,16 @@ import contextlib
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, TypeVar
 
 import aiosqlite
 import orjson
 
 from ...config import Config
 from ...errors import DispatchError, NotFound
+from ...logs import get_logger
 from ...models import Attempt, Delivery, Kind, Outcome, State, Webhook
 from .sql import OUTBOX_SCHEMA, QUERIES, STATE_MIGRATIONS
 
@@ -36,8 +44,56 @@ SCHEMA_VERSION = len(STATE_MIGRATIONS)
 OutboxRow = tuple[int, bytes, bytes, bytes, bytes, Any]
 
 
+log = get_logger("nevent_dispatch")
+T = TypeVar("T")
+
+#: SQLite result codes (primary) after which a write may succeed if tried again later.
+_TRANSIENT = {5: "database is locked", 6: "database table is locked", 10: "disk I/O error",
+              13: "database or disk is full"}
+#: Seconds between two tries of a write the storage refused, growing up to the last.
+STORAGE_BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0)
+
+
 class StoreError(DispatchError):
     """A database cannot be opened, migrated or used."""
+
+
+class Row(NamedTuple):
+    """A deliveries row to insert: everything but the id and the counters."""
+
+    uuid: str
+    webhook_id: str | None
+    kind: str
+    event_type: str
+    event_id: str | None
+    outbox_id: int | None
+    event_count: int
+    state: str
+    next_at: float | None
+    created_at: float
+    updated_at: float
+    last_error: str | None
+    body: bytes | None
+
+
+class Finish(NamedTuple):
+    """A delivery's state after one attempt (``finish_attempt``)."""
+
+    state: str
+    attempts: int
+    retry_base: int
+    next_at: float | None
+    updated_at: float
+    last_status: int | None
+    last_error: str | None
+    delivery_id: int
+
+
+def _transient(exc: sqlite3.Error) -> str | None:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(exc, sqlite3.OperationalError) and code is not None:
+        return _TRANSIENT.get(code & 0xFF)
+    return None
 
 
 def _private_file(path: Path) -> None:
@@ -86,6 +142,7 @@ def _webhook_params(w: Webhook) -> dict[str, Any]:
 _DELIVERY_COLUMNS = ("id", "uuid", "webhook_id", "kind", "event_type", "event_id", "outbox_id",
                      "event_count", "state", "attempts", "retry_base", "next_at", "created_at",
                      "updated_at", "last_status", "last_error", "body")
+_BODY = _DELIVERY_COLUMNS.index("body")
 
 
 def _delivery(row: tuple[Any, ...]) -> Delivery:
@@ -104,31 +161,45 @@ def _attempt(row: tuple[Any, ...]) -> Attempt:
 class Store:
     """The daemon's and the CLI's handle on both databases."""
 
-    def __init__(self, config: Config, state: aiosqlite.Connection,
-                 outbox: aiosqlite.Connection) -> None:
+    def __init__(self, config: Config, state: aiosqlite.Connection, reader: aiosqlite.Connection,
+                 outbox: aiosqlite.Connection, *, wait_on_storage: bool = False) -> None:
         self.config = config
         self._state = state
+        self._read = reader
         self._outbox = outbox
         self._write_lock = asyncio.Lock()
+        self._wait_on_storage = wait_on_storage
+        #: While a write is refused by the storage (disk full, locked): why, for health checks.
+        self.storage_problem: str | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
     @classmethod
-    async def open(cls, config: Config, *, migrate: bool = True) -> Store:
-        """Open both databases (creating and migrating them unless ``migrate`` is false)."""
+    async def open(cls, config: Config, *, migrate: bool = True,
+                   wait_on_storage: bool = False) -> Store:
+        """Open the databases (creating and migrating them unless ``migrate`` is false).
+
+        ``wait_on_storage``: writes the storage refuses are retried until they pass (the
+        daemon), instead of raising ``StoreError`` (the CLI).
+        """
         db = config.database
-        state = await _connect(db.state, db.busy_timeout)
+        opened: list[aiosqlite.Connection] = []
         try:
-            outbox = await _connect(db.outbox, db.busy_timeout)
+            for path in (db.state, db.state, db.outbox):
+                opened.append(await _connect(path, db.busy_timeout))
         except BaseException:
-            await state.close()
+            for conn in opened:
+                await conn.close()
             raise
+        state, reader, outbox = opened
         # The outbox is read as bytes so that one row of invalid UTF-8 is rejected on its own.
         outbox.text_factory = bytes
-        store = cls(config, state, outbox)
+        store = cls(config, state, reader, outbox, wait_on_storage=wait_on_storage)
         try:
             if migrate:
                 await store.migrate()
+            else:
+                await store.check_schema()
             await state.execute_fetchall("PRAGMA synchronous = NORMAL")
         except BaseException:
             await store.close()
@@ -136,7 +207,7 @@ class Store:
         return store
 
     async def close(self) -> None:
-        for db in (self._outbox, self._state):
+        for db in (self._outbox, self._read, self._state):
             with contextlib.suppress(Exception):
                 await db.close()
 
@@ -164,49 +235,120 @@ class Store:
             raise StoreError(f"database: cannot initialise: {exc}") from None
         return SCHEMA_VERSION
 
-    @contextlib.asynccontextmanager
-    async def _write(self) -> AsyncIterator[aiosqlite.Connection]:
-        """One short write transaction on the state database, serialized with the others."""
+    async def check_schema(self) -> None:
+        """Refuse a state database whose schema this code does not read (commands other than
+        ``init`` and ``run`` never migrate: a newer install must not change a running daemon's)."""
+        path = str(self.config.database.state)
+        try:
+            rows = await self._read.execute_fetchall("PRAGMA user_version")
+            tables = await self._read.execute_fetchall(Q["has_meta"])
+        except sqlite3.Error as exc:
+            raise StoreError(f"database.state: cannot read {path!r}: {exc}") from None
+        version = next((int(r[0]) for r in rows), 0)
+        if version == 0 and not tables:
+            raise StoreError(f"database.state: {path!r} is not initialised; "
+                             "run `nevent-dispatch init`")
+        if version < SCHEMA_VERSION:
+            raise StoreError(f"database.state: {path!r} has schema version {version}, older than "
+                             f"this nevent-dispatch's {SCHEMA_VERSION}; run `nevent-dispatch init`")
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"database.state: schema version {version} is newer than this "
+                             f"nevent-dispatch understands ({SCHEMA_VERSION}); upgrade nevent-dispatch")
+
+    async def _transact(self, work: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
+        """Run ``work`` as one write transaction on the state database, and return its result.
+
+        Serialized with every other write by the lock; reads elsewhere use the other
+        connection, so nothing interleaves with it. A write the storage refuses (full disk,
+        a lock held too long) raises ``StoreError`` naming the file and the cause — or, for
+        the daemon, is retried whole after a pause until it passes.
+        """
+        tries = 0
+        async with self._write_lock:
+            while True:
+                try:
+                    result = await self._attempt_transaction(work)
+                except sqlite3.Error as exc:
+                    cause = _transient(exc)
+                    path = str(self.config.database.state)
+                    if cause is None or not self._wait_on_storage:
+                        raise StoreError(f"database.state: cannot write {path!r}: {exc}") from None
+                    delay = STORAGE_BACKOFF[min(tries, len(STORAGE_BACKOFF) - 1)]
+                    tries += 1
+                    if self.storage_problem is None or tries in (2, 10) or tries % 60 == 0:
+                        log.error("state_write_failed", file=path, cause=cause, tries=tries,
+                                  retry_in_s=delay)
+                    self.storage_problem = f"{path}: {cause}"
+                    await asyncio.sleep(delay)
+                    continue
+                if self.storage_problem is not None:
+                    log.info("state_write_recovered", file=str(self.config.database.state),
+                             tries=tries + 1)
+                    self.storage_problem = None
+                return result
+
+    async def _attempt_transaction(self, work: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
+        db = self._state
         # The connection runs statements in order on its own thread: a statement a
         # cancelled caller no longer waits for still runs, so the ROLLBACK queued
         # behind it always undoes it before the next transaction can begin.
-        async with self._write_lock:
-            try:
-                await asyncio.shield(self._state.execute("BEGIN IMMEDIATE"))
-                yield self._state
-            except BaseException:
-                await asyncio.shield(self._state.rollback())
-                raise
-            await asyncio.shield(self._state.commit())
+        try:
+            await asyncio.shield(db.execute("BEGIN IMMEDIATE"))
+            result = await work(db)
+            await asyncio.shield(db.commit())
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                await asyncio.shield(db.rollback())
+            raise
+        return result
 
-    async def _one(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        rows = await self._state.execute_fetchall(sql, params)  # one trip to the thread
+    async def _one(self, sql: str, params: Sequence[Any] = (),
+                   db: aiosqlite.Connection | None = None) -> Any:
+        rows = await (db or self._read).execute_fetchall(sql, params)  # one trip to the thread
         return next((row[0] for row in rows), None)
+
+    async def _run(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """One statement as its own transaction; returns the rows it changed."""
+        async def work(db: aiosqlite.Connection) -> int:
+            return (await db.execute(sql, params)).rowcount
+        return await self._transact(work)
+
+    async def _run_many(self, sql: str, params: Sequence[Sequence[Any]]) -> None:
+        if params:
+            async def work(db: aiosqlite.Connection) -> None:
+                await db.executemany(sql, params)
+            await self._transact(work)
 
     # -- webhooks --------------------------------------------------------------------------
 
     async def insert_webhook(self, webhook: Webhook) -> None:
-        async with self._write() as db:
-            await db.execute(Q["insert_webhook"], _webhook_params(webhook))
+        await self._run(Q["insert_webhook"], _webhook_params(webhook))  # type: ignore[arg-type]
 
     async def update_webhook(self, webhook: Webhook) -> None:
-        async with self._write() as db:
-            cur = await db.execute(Q["update_webhook"], _webhook_params(webhook))
-            if cur.rowcount == 0:
-                raise NotFound(f"webhook {webhook.id!r} not found")
+        if await self._run(Q["update_webhook"], _webhook_params(webhook)) == 0:  # type: ignore[arg-type]
+            raise NotFound(f"webhook {webhook.id!r} not found")
 
     async def delete_webhook(self, webhook_id: str, now: float | None = None) -> None:
-        """Delete a webhook; its unfinished deliveries end as failed, its history stays."""
+        """Delete a webhook; its waiting deliveries end as failed, its history stays.
+
+        What a running daemon holds of it (queued, in flight) the daemon fails itself.
+        """
         now = time.time() if now is None else now
-        async with self._write() as db:
+
+        async def work(db: aiosqlite.Connection) -> None:
             cur = await db.execute(Q["delete_webhook"], (webhook_id,))
             if cur.rowcount == 0:
                 raise NotFound(f"webhook {webhook_id!r} not found")
             await db.execute(Q["fail_orphans"], (now, webhook_id))
             await db.execute(Q["forget_waiting"], (webhook_id,))
+        await self._transact(work)
+
+    async def fail_orphans(self, webhook_id: str, now: float) -> None:
+        """Fail a deleted webhook's waiting deliveries (those released after the delete)."""
+        await self._run(Q["fail_orphans"], (now, webhook_id))
 
     async def get_webhook(self, webhook_id: str) -> Webhook:
-        cur = await self._state.execute(Q["get_webhook"], (webhook_id,))
+        cur = await self._read.execute(Q["get_webhook"], (webhook_id,))
         row = await cur.fetchone()
         if row is None:
             raise NotFound(f"webhook {webhook_id!r} not found")
@@ -214,14 +356,18 @@ class Store:
 
     async def list_webhooks(self, organization_id: str | None = None) -> list[Webhook]:
         if organization_id is None:
-            cur = await self._state.execute(Q["list_webhooks"])
+            cur = await self._read.execute(Q["list_webhooks"])
         else:
-            cur = await self._state.execute(Q["list_webhooks_of_org"], (organization_id,))
+            cur = await self._read.execute(Q["list_webhooks_of_org"], (organization_id,))
         columns = [c[0] for c in cur.description]
         return [_webhook(row, columns) for row in await cur.fetchall()]
 
     async def webhooks_rev(self) -> int:
         return int(await self._one(Q["get_meta"], ("webhooks_rev",)))
+
+    async def requeue_rev(self) -> int:
+        """Bumped by replays made outside the daemon: due work may have appeared."""
+        return int(await self._one(Q["get_meta"], ("requeue_rev",)))
 
     # -- outbox ----------------------------------------------------------------------------
 
@@ -230,8 +376,20 @@ class Store:
         rows = await self._outbox.execute_fetchall("PRAGMA data_version")
         return next((int(row[0]) for row in rows), 0)
 
-    async def outbox_page(self, after: int, limit: int) -> list[OutboxRow]:
-        rows = await self._outbox.execute_fetchall(Q["outbox_page"], (after, limit))
+    async def outbox_page(self, after: int, limit: int,
+                          max_bytes: int = 8 * 1024 * 1024) -> list[OutboxRow]:
+        """The next rows after ``after``: at most ``limit`` rows and, but for a first row
+        larger than that, at most ``max_bytes`` bytes of data."""
+        sizes = await self._outbox.execute_fetchall(Q["outbox_sizes"], (after, limit))
+        if not sizes:
+            return []
+        last, total = 0, 0
+        for outbox_id, size in sizes:
+            total += size or 0
+            if last and total > max_bytes:
+                break
+            last = outbox_id
+        rows = await self._outbox.execute_fetchall(Q["outbox_page"], (after, last))
         return list(rows)  # type: ignore[arg-type]
 
     async def outbox_rows(self, ids: Iterable[int]) -> dict[int, OutboxRow]:
@@ -251,35 +409,126 @@ class Store:
     async def cursor(self) -> int:
         return int(await self._one(Q["get_meta"], ("cursor",)))
 
+    async def outbox_needed_from(self) -> int:
+        """The lowest outbox id still needed: rows below it may be deleted by the application."""
+        return int(await self._one(Q["outbox_needed_from"]) or 1)
+
+    async def publish_outbox_needed_from(self, value: int) -> None:
+        """Record the lowest outbox id still needed in the state database's meta table."""
+        await self._run(Q["set_meta"], ("outbox_needed_from", value))
+
+    async def published_outbox_needed_from(self) -> int:
+        return int(await self._one(Q["get_meta"], ("outbox_needed_from",)) or 0)
+
     # -- deliveries: the daemon's writes ----------------------------------------------------
 
-    async def record_intake(self, deliveries: Sequence[tuple[Any, ...]],
+    async def record_intake(self, deliveries: Sequence[Row],
                             waiting: Sequence[tuple[str, int, str]], cursor: int) -> int:
         """Insert a page's deliveries and waiting batch events and advance the cursor, atomically.
 
-        Deliveries follow ``insert_delivery`` without the id; they get consecutive ids
-        after the returned base (assigned under the write lock, so no other writer can
-        interleave). ``waiting`` rows follow ``insert_batch_waiting``.
+        Deliveries get consecutive ids after the returned base (assigned inside the
+        transaction, so no other writer can interleave). ``waiting`` rows follow
+        ``insert_batch_waiting``.
         """
-        async with self._write() as db:
+        async def work(db: aiosqlite.Connection) -> int:
             base = 0
             if deliveries:
-                base = await self.delivery_mark()
+                base = int(await self._one(Q["max_delivery_id"], db=db))
                 await db.executemany(Q["insert_delivery"],
                                      [(base + i, *row) for i, row in enumerate(deliveries, 1)])
             if waiting:
                 await db.executemany(Q["insert_batch_waiting"], waiting)
             await db.execute(Q["set_cursor"], (cursor,))
-        return base
+            return base
+        return await self._transact(work)
 
-    async def delivery_mark(self) -> int:
-        """The highest delivery id: lanes refill only deliveries created after it (and, under
-        the write lock, new deliveries take the ids after it)."""
-        return int(await self._one(Q["max_delivery_id"]))
+    async def insert_delivery(self, row: Row) -> int:
+        """Insert one delivery (a test send) and return its id."""
+        async def work(db: aiosqlite.Connection) -> int:
+            delivery_id = int(await self._one(Q["max_delivery_id"], db=db)) + 1
+            await db.execute(Q["insert_delivery"], (delivery_id, *row))
+            return delivery_id
+        return await self._transact(work)
 
-    async def spilled_deliveries(self, webhook_id: str, after: int, limit: int) -> list[Delivery]:
-        cur = await self._state.execute(Q["spilled_deliveries"], (webhook_id, after, limit))
-        return [_delivery(tuple(row)) for row in await cur.fetchall()]
+    async def create_batches(self, batches: Sequence[tuple[Row, str, Sequence[tuple[int, str, str]]]]
+                             ) -> list[int]:
+        """Insert batch deliveries with their events and mark those events batched, atomically.
+
+        Each batch is (deliveries row, webhook id, events in outbox order). Every batch
+        formed meanwhile by any lane is written in one transaction.
+        """
+        async def work(db: aiosqlite.Connection) -> list[int]:
+            base = int(await self._one(Q["max_delivery_id"], db=db))
+            ids = range(base + 1, base + 1 + len(batches))
+            await db.executemany(Q["insert_delivery"],
+                                 [(i, *row) for i, (row, _, _) in zip(ids, batches, strict=True)])
+            await db.executemany(Q["insert_batch_contents"],
+                                 [(i, orjson.dumps(events).decode(), events[0][0])
+                                  for i, (_, _, events) in zip(ids, batches, strict=True)])
+            last: dict[str, int] = {}
+            for _, webhook_id, events in batches:
+                last[webhook_id] = max(last.get(webhook_id, 0), events[-1][0])
+            await db.executemany(Q["set_batch_mark"], list(last.items()))
+            await db.executemany(Q["drop_batched_waiting"], list(last.items()))
+            return list(ids)
+        return await self._transact(work)
+
+    async def record_results(self, started: Sequence[tuple[float, int]],
+                             attempts: Sequence[tuple[Any, ...]], finishes: Sequence[Finish],
+                             released: Sequence[tuple[float, float, int]] = (),
+                             failed: Sequence[tuple[float, int]] = ()) -> None:
+        """Write a flush in one transaction: attempts started (queued → in flight), attempt
+        rows and delivery states after them, queued deliveries given back (→ pending) or
+        failed (their webhook was deleted)."""
+        async def work(db: aiosqlite.Connection) -> None:
+            if started:
+                await db.executemany(Q["start_attempt"], started)
+            if attempts:
+                await db.executemany(Q["insert_attempt"], attempts)
+            if finishes:
+                await db.executemany(Q["finish_attempt"], finishes)
+            if released:
+                await db.executemany(Q["release_queued"], released)
+            if failed:
+                await db.executemany(Q["fail_queued"], failed)
+        await self._transact(work)
+
+    async def recover_claimed(self, now: float) -> int:
+        """At start: what a stopped or crashed daemon held is due again."""
+        async def work(db: aiosqlite.Connection) -> int:
+            count = (await db.execute(Q["recover_claimed"], (now, now))).rowcount
+            await db.execute(Q["recover_tests"], (now,))
+            return count
+        return await self._transact(work)
+
+    async def claim_due(self, claims: Sequence[tuple[str, int]], now: float
+                        ) -> dict[str, list[tuple[Delivery, bytes | None]]]:
+        """Take due deliveries of several webhooks into the daemon (pending → queued), each up
+        to its limit, in one transaction; returns them per webhook with test bodies."""
+        async def work(db: aiosqlite.Connection) -> dict[str, list[tuple[Delivery, bytes | None]]]:
+            taken: dict[str, list[tuple[Delivery, bytes | None]]] = {}
+            ids: list[tuple[float, int]] = []
+            for webhook_id, limit in claims:
+                rows = await db.execute_fetchall(Q["due_of_webhook"], (webhook_id, now, limit))
+                if rows:
+                    taken[webhook_id] = [(_delivery(tuple(r)), r[_BODY]) for r in rows]
+                    ids.extend((now, r[0]) for r in rows)
+            if ids:
+                await db.executemany(Q["claim_delivery"], ids)
+            return taken
+        return await self._transact(work)
+
+    async def next_due(self, webhook_id: str) -> float | None:
+        """When the earliest waiting delivery of a webhook is due (None: nothing waits)."""
+        return await self._one(Q["next_due_of_webhook"], (webhook_id,))
+
+    async def next_due_active(self) -> dict[str, float]:
+        """Per active webhook with waiting deliveries, when the earliest is due."""
+        rows = await self._read.execute_fetchall(Q["next_due_active"])
+        return {webhook_id: at for webhook_id, at in rows if at is not None}
+
+    async def waiting_webhooks(self) -> list[str]:
+        return [r[0] for r in await self._read.execute_fetchall(Q["waiting_webhooks"])]
 
     async def waiting_events(self, webhook_id: str, after: int,
                              limit: int) -> list[tuple[int, str, str]]:
@@ -290,120 +539,63 @@ class Store:
         mark = await self._one(Q["batch_mark"], (webhook_id,))
         after = max(after, mark or 0)
         events: list[tuple[int, str, str]] = []
-        for (blob,) in await self._state.execute_fetchall(Q["waiting_rows"],
-                                                          (webhook_id, after, limit)):
+        for (blob,) in await self._read.execute_fetchall(Q["waiting_rows"],
+                                                         (webhook_id, after, limit)):
             events.extend((e[0], e[1], e[2]) for e in orjson.loads(blob) if e[0] > after)
         return events[:limit]
 
-    async def release_claimed(self, delivery_ids: Sequence[int], now: float) -> None:
-        async with self._write() as db:
-            await db.executemany(Q["release_claimed"], [(now, now, i) for i in delivery_ids])
-
-    async def release_spilled(self, webhook_id: str, after: int, now: float) -> None:
-        async with self._write() as db:
-            await db.execute(Q["release_spilled"], (now, now, webhook_id, after))
-
-    async def pending_count(self) -> int:
-        return int(await self._one(Q["pending_count"]))
-
-    async def insert_delivery(self, row: tuple[Any, ...]) -> int:
-        """Insert one delivery (a test, a batch) and return its id."""
-        async with self._write() as db:
-            return await self._insert_one(db, row)
-
-    async def _insert_one(self, db: aiosqlite.Connection, row: tuple[Any, ...]) -> int:
-        base = await self.delivery_mark()
-        await db.execute(Q["insert_delivery"], (base + 1, *row))
-        return base + 1
-
-    async def create_batches(self, batches: Sequence[tuple[tuple[Any, ...], str,
-                                                          Sequence[tuple[int, str, str]]]]
-                             ) -> list[int]:
-        """Insert batch deliveries with their events and mark those events batched, atomically.
-
-        Each batch is (deliveries row without the id, webhook id, events in outbox
-        order). Every batch formed meanwhile by any lane is written in one transaction.
-        """
-        async with self._write() as db:
-            base = await self.delivery_mark()
-            ids = range(base + 1, base + 1 + len(batches))
-            await db.executemany(Q["insert_delivery"],
-                                 [(i, *row) for i, (row, _, _) in zip(ids, batches, strict=True)])
-            await db.executemany(Q["insert_batch_contents"],
-                                 [(i, orjson.dumps(events).decode())
-                                  for i, (_, _, events) in zip(ids, batches, strict=True)])
-            last: dict[str, int] = {}
-            for _, webhook_id, events in batches:
-                last[webhook_id] = max(last.get(webhook_id, 0), events[-1][0])
-            await db.executemany(Q["set_batch_mark"], list(last.items()))
-            await db.executemany(Q["drop_batched_waiting"], list(last.items()))
-        return list(ids)
-
-    async def record_results(self, attempts: Sequence[tuple[Any, ...]],
-                             finishes: Sequence[tuple[Any, ...]]) -> None:
-        """Write a flush's attempts and delivery states in one transaction."""
-        async with self._write() as db:
-            await db.executemany(Q["insert_attempt"], attempts)
-            await db.executemany(Q["finish_attempt"], finishes)
-
-    async def recover_claimed(self, now: float) -> int:
-        async with self._write() as db:
-            cur = await db.execute(Q["recover_claimed"], (now, now))
-            return cur.rowcount
-
-    async def waiting_webhooks(self) -> list[str]:
-        cur = await self._state.execute(Q["waiting_webhooks"])
-        return [r[0] for r in await cur.fetchall()]
+    async def open_count(self) -> int:
+        """Active webhooks with deliveries waiting in the database (due now or later)."""
+        return int(await self._one(Q["open_count_active"]))
 
     async def batch_events(self, delivery_id: int) -> list[tuple[int, str, str]]:
         """The events a batch delivery carries: (outbox_id, event_id, type) in order."""
         blob = await self._one(Q["batch_contents_of"], (delivery_id,))
         return [] if blob is None else [(e[0], e[1], e[2]) for e in orjson.loads(blob)]
 
-    async def claim_due(self, now: float, limit: int) -> list[tuple[Delivery, bytes | None]]:
-        """Take up to ``limit`` due deliveries into the daemon; returns them with test bodies."""
-        async with self._write() as db:
-            rows = list(await db.execute_fetchall(Q["due_deliveries"], (now, limit)))
-            await db.executemany(Q["claim_delivery"], [(now, row[0]) for row in rows])
-        return [(_delivery(tuple(row)), row[-1]) for row in rows]
-
-    async def next_due_at(self) -> float | None:
-        return await self._one(Q["next_due_at"])
-
     # -- history: the CLI's reads and replays ------------------------------------------------
 
     async def get_delivery(self, ref: str | int) -> Delivery:
         text = str(ref)
         query = Q["get_delivery"] if text.isdigit() else Q["get_delivery_by_uuid"]
-        row = await (await self._state.execute(query, (text,))).fetchone()
+        row = await (await self._read.execute(query, (text,))).fetchone()
         if row is None:
             raise NotFound(f"delivery {text!r} not found")
         return _delivery(tuple(row))
 
     async def delivery_body(self, delivery_id: int) -> bytes | None:
-        row = await (await self._state.execute(Q["delivery_body"], (delivery_id,))).fetchone()
+        row = await (await self._read.execute(Q["delivery_body"], (delivery_id,))).fetchone()
         return None if row is None else row[0]
 
     async def list_deliveries(self, *, webhook_id: str | None = None, state: str | None = None,
                               since: float | None = None, limit: int = 50) -> list[Delivery]:
-        cur = await self._state.execute(Q["list_deliveries"], {
+        cur = await self._read.execute(Q["list_deliveries"], {
             "webhook_id": webhook_id, "state": state, "since": since, "limit": limit})
         return [_delivery(tuple(row)) for row in await cur.fetchall()]
 
     async def attempts(self, delivery_id: int) -> list[Attempt]:
-        cur = await self._state.execute(Q["attempts_of"], (delivery_id,))
+        cur = await self._read.execute(Q["attempts_of"], (delivery_id,))
         return [_attempt(tuple(row)) for row in await cur.fetchall()]
 
     async def replay(self, delivery_id: int, now: float) -> bool:
-        async with self._write() as db:
+        async def work(db: aiosqlite.Connection) -> bool:
             cur = await db.execute(Q["replay_delivery"], (now, now, delivery_id))
+            if cur.rowcount:
+                await db.execute(Q["bump_requeue_rev"])
             return cur.rowcount == 1
+        return await self._transact(work)
 
     async def replay_webhook(self, webhook_id: str, state: str, since: float, now: float) -> int:
-        async with self._write() as db:
-            cur = await db.execute(Q["replay_webhook"], (now, now, webhook_id, state, since))
-            return cur.rowcount
+        if state != State.FAILED:
+            raise ValueError(f"only failed deliveries are replayed, not {state!r}")
+
+        async def work(db: aiosqlite.Connection) -> int:
+            count = (await db.execute(Q["replay_webhook"], (now, now, webhook_id, since))).rowcount
+            if count:
+                await db.execute(Q["bump_requeue_rev"])
+            return count
+        return await self._transact(work)
 
     async def counts_by_state(self) -> dict[str, int]:
-        cur = await self._state.execute(Q["count_by_state"])
+        cur = await self._read.execute(Q["count_by_state"])
         return {state: count for state, count in await cur.fetchall()}

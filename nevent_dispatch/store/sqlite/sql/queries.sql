@@ -1,14 +1,23 @@
 -- Every statement nevent-dispatch runs, as named blocks.
 -- A block starts with "-- name: NAME" followed by "-- " lines that describe it.
 
+-- name: outbox_sizes
+-- Ids and data sizes of the next outbox rows after the cursor, so a page is bounded in bytes
+-- (the data itself is not handed over).
+SELECT id, length(CAST(data AS BLOB)) FROM outbox WHERE id > ? ORDER BY id LIMIT ?;
+
 -- name: outbox_page
--- The next page of outbox rows after the cursor, in id order.
+-- The outbox rows of one page: after the cursor, up to an id, in id order.
 SELECT id, event_id, type, organization_id, data, created
-FROM outbox WHERE id > ? ORDER BY id LIMIT ?;
+FROM outbox WHERE id > ? AND id <= ? ORDER BY id;
 
 -- name: outbox_max_id
 -- The newest outbox id (for the backlog figure in logs and status).
 SELECT coalesce(max(id), 0) FROM outbox;
+
+-- name: has_meta
+-- Whether the state schema exists (a database never initialised has no tables).
+SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'meta';
 
 -- name: get_meta
 -- A counter: the outbox cursor or the webhooks revision.
@@ -65,7 +74,7 @@ INSERT INTO batch_waiting (webhook_id, last_outbox_id, events) VALUES (?, ?, ?);
 
 -- name: insert_batch_contents
 -- The events a new batch delivery carries.
-INSERT INTO batch_contents (delivery_id, events) VALUES (?, ?);
+INSERT INTO batch_contents (delivery_id, events, first_outbox_id) VALUES (?, ?, ?);
 
 -- name: set_batch_mark
 -- A webhook's events up to this outbox id are in batches.
@@ -102,51 +111,6 @@ DELETE FROM batch_waiting WHERE webhook_id = ?;
 INSERT INTO attempts (delivery_id, number, started_at, latency_ms, outcome, status, error, response)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?);
 
--- name: finish_attempt
--- The delivery's state after an attempt: delivered, failed, or pending until next_at.
-UPDATE deliveries SET state = ?, attempts = ?, next_at = ?, updated_at = ?, last_status = ?,
-    last_error = ?
-WHERE id = ?;
-
--- name: recover_claimed
--- After a stop or crash, what was claimed is due again (same uuid, so receivers can dedupe).
-UPDATE deliveries SET state = 'pending', next_at = ?, updated_at = ? WHERE state = 'delivering';
-
--- name: due_deliveries
--- Pending deliveries of active webhooks whose time has come, earliest first.
-SELECT d.* FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id
-WHERE d.next_at IS NOT NULL AND d.next_at <= ? AND w.active = 1
-ORDER BY d.next_at, d.id LIMIT ?;
-
--- name: pending_count
--- Deliveries still to be attempted for active webhooks (until-idle runs wait for them).
-SELECT count(*) FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id
-WHERE d.state IN ('pending', 'delivering') AND w.active = 1;
-
--- name: spilled_deliveries
--- Event deliveries created for a lane that was full, oldest first, after the lane's mark.
-SELECT * FROM deliveries
-WHERE webhook_id = ? AND kind = 'event' AND state = 'delivering' AND id > ?
-ORDER BY id LIMIT ?;
-
--- name: fail_orphans
--- A deleted webhook's unfinished deliveries end as failed.
-UPDATE deliveries SET state = 'failed', next_at = NULL, updated_at = ?, last_error = 'webhook deleted'
-WHERE webhook_id = ? AND state IN ('pending', 'delivering');
-
--- name: release_claimed
--- Give claimed deliveries back to the scheduler (a lane retired by a webhook change).
-UPDATE deliveries SET state = 'pending', next_at = ?, updated_at = ? WHERE id = ? AND state = 'delivering';
-
--- name: claim_delivery
--- Take a due delivery into the running daemon.
-UPDATE deliveries SET state = 'delivering', next_at = NULL, updated_at = ? WHERE id = ?;
-
--- name: next_due_at
--- When the earliest pending delivery of an active webhook is due, for the scheduler's sleep.
-SELECT min(d.next_at) FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id
-WHERE d.next_at IS NOT NULL AND w.active = 1;
-
 -- name: outbox_rows_by_id
 -- Outbox rows needed by retries (the ids are inlined as bound parameters).
 SELECT id, event_id, type, organization_id, data, created FROM outbox WHERE id IN ({ids});
@@ -171,16 +135,6 @@ ORDER BY id DESC LIMIT :limit;
 -- Every attempt at one delivery, in order.
 SELECT * FROM attempts WHERE delivery_id = ? ORDER BY number, id;
 
--- name: replay_delivery
--- Requeue a failed delivery now: a fresh round of retries, same uuid.
-UPDATE deliveries SET state = 'pending', next_at = ?, retry_base = attempts, updated_at = ?
-WHERE id = ? AND state = 'failed';
-
--- name: replay_webhook
--- Requeue in bulk the deliveries of one webhook in a state, created since a time.
-UPDATE deliveries SET state = 'pending', next_at = ?, retry_base = attempts, updated_at = ?
-WHERE webhook_id = ? AND state = ? AND created_at >= ? AND kind != 'test';
-
 -- name: count_by_state
 -- How many deliveries are in each state.
 SELECT state, count(*) FROM deliveries GROUP BY state;
@@ -189,7 +143,110 @@ SELECT state, count(*) FROM deliveries GROUP BY state;
 -- The stored body of a test delivery (other kinds are rebuilt from the outbox).
 SELECT body FROM deliveries WHERE id = ?;
 
--- name: release_spilled
--- A retired lane's spilled event deliveries go back to the scheduler.
+-- The delivery state machine. Every statement that changes a state says which moves it
+-- makes ("moves: A, B -> C", checked against models.TRANSITIONS by the tests) and is
+-- guarded by its source states, so it can never move a delivery along another edge.
+
+-- name: start_attempt
+-- An attempt at a queued delivery has started.
+-- moves: queued -> in_flight
+UPDATE deliveries SET state = 'in_flight', updated_at = ? WHERE id = ? AND state = 'queued';
+
+-- name: finish_attempt
+-- The delivery's state after an attempt: delivered, failed, or pending until next_at. From
+-- queued when the attempt began and ended between two writes (its in-flight step unseen).
+-- moves: queued, in_flight -> delivered, pending, failed
+UPDATE deliveries SET state = ?, attempts = ?, retry_base = ?, next_at = ?, updated_at = ?,
+    last_status = ?, last_error = ?
+WHERE id = ? AND state IN ('queued', 'in_flight');
+
+-- name: recover_claimed
+-- After a stop or crash, what the daemon held is due again (same uuid, so receivers can dedupe).
+-- moves: queued, in_flight -> pending
 UPDATE deliveries SET state = 'pending', next_at = ?, updated_at = ?
-WHERE webhook_id = ? AND kind = 'event' AND state = 'delivering' AND id > ?;
+WHERE state IN ('queued', 'in_flight') AND kind != 'test';
+
+-- name: recover_tests
+-- A test send interrupted by a crash is not sent again: tests are never retried.
+-- moves: queued, in_flight -> failed
+UPDATE deliveries SET state = 'failed', next_at = NULL, updated_at = ?, last_error = 'interrupted'
+WHERE state IN ('queued', 'in_flight') AND kind = 'test';
+
+-- name: due_of_webhook
+-- The due pending deliveries of one webhook, in the order they are to be sent.
+SELECT * FROM deliveries
+WHERE webhook_id = ? AND state = 'pending' AND next_at <= ?
+ORDER BY next_at, id LIMIT ?;
+
+-- name: claim_delivery
+-- A lane takes a due delivery into memory.
+-- moves: pending -> queued
+UPDATE deliveries SET state = 'queued', next_at = NULL, updated_at = ? WHERE id = ? AND state = 'pending';
+
+-- name: release_queued
+-- Give a queued delivery back to the database (its lane was retired, or memory is reclaimed).
+-- moves: queued -> pending
+UPDATE deliveries SET state = 'pending', next_at = ?, updated_at = ? WHERE id = ? AND state = 'queued';
+
+-- name: fail_queued
+-- A queued delivery of a deleted webhook ends as failed.
+-- moves: queued -> failed
+UPDATE deliveries SET state = 'failed', next_at = NULL, updated_at = ?, last_error = 'webhook deleted'
+WHERE id = ? AND state = 'queued';
+
+-- name: fail_orphans
+-- A deleted webhook's waiting deliveries end as failed (the daemon fails what it holds).
+-- moves: pending -> failed
+UPDATE deliveries SET state = 'failed', next_at = NULL, updated_at = ?, last_error = 'webhook deleted'
+WHERE webhook_id = ? AND state = 'pending';
+
+-- name: next_due_of_webhook
+-- When the earliest pending delivery of one webhook is due (an index seek).
+SELECT min(next_at) FROM deliveries WHERE webhook_id = ? AND state = 'pending';
+
+-- name: next_due_active
+-- Per active webhook, when its earliest pending delivery is due: one seek per active webhook,
+-- never a walk over the pending rows of disabled ones.
+SELECT w.id, (SELECT min(d.next_at) FROM deliveries d WHERE d.webhook_id = w.id AND d.state = 'pending')
+FROM webhooks w WHERE w.active = 1;
+
+-- name: replay_delivery
+-- Requeue a failed delivery now: a fresh round of retries, same uuid.
+-- moves: failed -> pending
+UPDATE deliveries SET state = 'pending', next_at = ?, retry_base = attempts, updated_at = ?
+WHERE id = ? AND state = 'failed';
+
+-- name: replay_webhook
+-- Requeue in bulk the failed deliveries of one webhook created since a time.
+-- moves: failed -> pending
+UPDATE deliveries SET state = 'pending', next_at = ?, retry_base = attempts, updated_at = ?
+WHERE webhook_id = ? AND state = 'failed' AND created_at >= ? AND kind != 'test';
+
+-- name: bump_requeue_rev
+-- Tell a running daemon that deliveries were requeued from outside it.
+UPDATE meta SET value = value + 1 WHERE key = 'requeue_rev';
+
+-- name: set_meta
+-- Set a counter (the lowest outbox id still needed).
+INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value;
+
+-- name: outbox_needed_from
+-- The lowest outbox id the daemon may still read: the first row not yet taken in, the event
+-- of an unfinished delivery, an event in an unfinished batch or waiting for one. The
+-- application may delete outbox rows below it.
+SELECT min(n) FROM (
+    SELECT value + 1 AS n FROM meta WHERE key = 'cursor'
+    UNION ALL
+    SELECT min(outbox_id) FROM deliveries
+    WHERE kind = 'event' AND state IN ('pending', 'queued', 'in_flight')
+    UNION ALL
+    SELECT min(c.first_outbox_id) FROM deliveries d JOIN batch_contents c ON c.delivery_id = d.id
+    WHERE d.kind = 'batch' AND d.state IN ('pending', 'queued', 'in_flight')
+    UNION ALL
+    SELECT min(json_extract(events, '$[0][0]')) FROM batch_waiting
+);
+
+-- name: open_count_active
+-- Active webhooks with deliveries still waiting in the database (until-idle runs wait for them).
+SELECT count(*) FROM webhooks w
+WHERE w.active = 1 AND EXISTS (SELECT 1 FROM deliveries d WHERE d.webhook_id = w.id AND d.state = 'pending');

@@ -1,0 +1,55 @@
+"""Rebuilding work from the database: wire bodies for deliveries read back from it.
+
+Owns the way back from a recorded delivery to the bytes that go on the wire:
+an event delivery's body is rebuilt from its outbox row exactly as at intake,
+a batch's from its events in order, a test's from the body stored with it. A
+delivery whose events have left the outbox gets no job (the caller fails it as
+``gone``). It must not change states or queue anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from ..models import Delivery, Kind
+from ..store.sqlite import Store
+from ..wire.envelope import Rejection, batch_body, parse_row
+from .lanes import Job
+
+
+class JobBuilder:
+    def __init__(self, store: Store, max_payload_bytes: int) -> None:
+        self._store = store
+        self._max_bytes = max_payload_bytes
+
+    async def bodies(self, outbox_ids: Iterable[int]) -> dict[int, bytes]:
+        """Wire bodies of outbox events by id (rebuilt exactly as at intake)."""
+        rows = await self._store.outbox_rows(outbox_ids)
+        found = {}
+        for outbox_id, row in rows.items():
+            event = parse_row(row, self._max_bytes)
+            if not isinstance(event, Rejection):
+                found[outbox_id] = event.body
+        return found
+
+    async def jobs(self, deliveries: Sequence[tuple[Delivery, bytes | None]]
+                   ) -> list[tuple[Delivery, Job | None]]:
+        """Jobs for claimed deliveries (with their stored test bodies); None where the events
+        are gone from the outbox."""
+        event_bodies = await self.bodies(d.outbox_id for d, _ in deliveries
+                                         if d.kind is Kind.EVENT and d.outbox_id is not None)
+        out: list[tuple[Delivery, Job | None]] = []
+        for d, stored in deliveries:
+            body: bytes | None
+            if d.kind is Kind.EVENT:
+                body = event_bodies.get(d.outbox_id)  # type: ignore[arg-type]
+            elif d.kind is Kind.BATCH:
+                items = await self._store.batch_events(d.id)
+                found = await self.bodies(i[0] for i in items)
+                body = batch_body([found[i[0]] for i in items]) if len(found) == len(items) else None
+            else:
+                body = stored
+            job = None if body is None else Job(d.id, d.uuid, d.kind, d.event_type, d.event_id,
+                                                body, d.event_count, d.attempts, d.retry_base)
+            out.append((d, job))
+        return out
