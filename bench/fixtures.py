@@ -18,6 +18,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import orjson
+
 from nevent_dispatch import registry
 from nevent_dispatch.config import load
 from nevent_dispatch.store.sqlite import Store
@@ -71,6 +73,8 @@ def write_config(path: Path, *, outbox: Path, state: Path, ca_file: Path, log_le
         "rate_limit": {"events_per_minute": str(UNLIMITED_PER_MINUTE),
                        "burst": str(UNLIMITED_PER_MINUTE)},
         "log": {"level": _toml(log_level)},
+        # A free port: the benchmark must not contend with a daemon running on the default.
+        "api": {"listen": _toml("127.0.0.1:0")},
     }
     for dotted, value in (overrides or {}).items():
         table, _, key = dotted.partition(".")
@@ -94,6 +98,18 @@ async def _create(config_path: Path, layout: Layout) -> None:
             await registry.set_active(store, webhook.id, True, now)
     finally:
         await store.close()
+
+
+#: The management API token of every benchmark daemon (``token`` next to its state).
+API_TOKEN = "bench-token-0123456789abcdef"
+
+
+def write_token(state: Path) -> Path:
+    """The token file ``init`` would have made next to ``state`` (the API reads it)."""
+    path = state.with_name("token")
+    path.write_text(API_TOKEN + "\n", encoding="utf-8")
+    path.chmod(0o600)
+    return path
 
 
 def checkpoint(path: Path) -> None:
@@ -124,6 +140,39 @@ def state_template(folder: Path, layout: Layout, ca_file: Path) -> Path:
 def copy_state(template: Path, dest: Path) -> Path:
     shutil.copyfile(template, dest)
     return dest
+
+
+def add_webhooks(state: Path, count: int, *, first_org: int, per_org: int, url: str,
+                 filter_every: int = 2, filter_doc: object = None) -> list[str]:
+    """Add ``count`` active webhooks, ``per_org`` to an organization from ``first_org`` on,
+    every ``filter_every``-th with ``filter_doc``; their ids.
+
+    Rows as ``registry.create`` and ``set_active`` leave them, written by the store's own
+    statement in one transaction (``registry.create`` would take minutes for 50,000); the
+    triggers record every one as a change, as they would.
+    """
+    from nevent_dispatch.pipeline.filters import compile_filter
+    from nevent_dispatch.store.sqlite.sql import QUERIES
+
+    if filter_doc is not None:
+        compile_filter(filter_doc)  # a document the daemon refuses would measure nothing
+    now = time.time()
+    ids = [f"wh_{n:016x}" for n in range(1, count + 1)]
+    events = orjson.dumps(["*"]).decode()
+    text = None if filter_doc is None else orjson.dumps(filter_doc).decode()
+    rows = ({"id": webhook_id, "organization_id": org_name(first_org + n // per_org),
+             "name": f"bench extra {n}", "url": url, "secret": registry.generate_secret(),
+             "events": events, "filter": text if n % filter_every == 0 else None, "batch": 0,
+             "retries": 1, "rate_limit": None, "active": 1, "created_at": now,
+             "updated_at": now} for n, webhook_id in enumerate(ids))
+    conn = sqlite3.connect(state)
+    try:
+        with conn:
+            conn.executemany(QUERIES["insert_webhook"], rows)
+    finally:
+        conn.close()
+    checkpoint(state)
+    return ids
 
 
 def make_outbox(path: Path, events: int, orgs: int, payloads: Payloads) -> float:
@@ -159,9 +208,10 @@ def add_backlog(state: Path, organization_id: str, count: int, rate_per_minute: 
             conn.executemany(
                 "INSERT INTO deliveries (uuid, webhook_id, kind, event_type, event_id, outbox_id,"
                 " event_count, state, attempts, retry_base, next_at, created_at, updated_at,"
-                " last_status) VALUES (?, ?, 'event', ?, ?, ?, 1, 'pending', 1, 0, ?, ?, ?, 500)",
+                " last_status, organization_id)"
+                " VALUES (?, ?, 'event', ?, ?, ?, 1, 'pending', 1, 0, ?, ?, ?, 500, ?)",
                 ((new_delivery_uuid(now), webhook_id, EVENT_TYPE, f"evt_backlog_{i}", i, now,
-                  now, now) for i in range(1, count + 1)))
+                  now, now, organization_id) for i in range(1, count + 1)))
             conn.execute("UPDATE meta SET value = max(value, ?) WHERE key = 'cursor'", (count,))
     finally:
         conn.close()

@@ -69,6 +69,8 @@ class Sizes:
     large_events: int = 600
     #: Due retries of the rate-limited webhook in the fairness figure.
     fair_backlog: int = 100_000
+    #: Deliveries in the history of the API list-latency figure.
+    api_history: int = 1_000_000
     body_bytes: int = 1024
 
 
@@ -180,18 +182,23 @@ class Bench:
 
     def start_daemon(self, name: str, layout: Layout, outbox: Path, expected: int, *,
                      max_in_flight: int = MAX_IN_FLIGHT, per_webhook: int = PER_WEBHOOK,
-                     prepare: Callable[[Path], None] | None = None) -> tuple[Daemon, Path]:
+                     prepare: Callable[[Path], None] | None = None,
+                     settings: dict[str, str] | None = None) -> tuple[Daemon, Path]:
+        """A daemon on a copy of the layout's state; ``settings`` (dotted keys → TOML values)
+        add to the run's overrides, ``{dir}`` in them standing for the run's folder."""
         if layout.name not in self._templates:
             self._templates[layout.name] = fixtures.state_template(
                 self.workdir / "templates", layout, self.tls.ca_file)
         folder = self.run_dir(name)
         state = fixtures.copy_state(self._templates[layout.name], folder / "state.db")
+        fixtures.write_token(state)
         if prepare is not None:
             prepare(state)
         config = fixtures.write_config(
             folder / "config.toml", outbox=outbox, state=state, ca_file=self.tls.ca_file,
             log_level=self.log_level, max_in_flight=max_in_flight, per_webhook=per_webhook,
-            overrides=self.overrides)
+            overrides={**{k: v.replace("{dir}", str(folder)) for k, v in (settings or {}).items()},
+                       **(self.overrides or {})})
         daemon = Daemon(self.procs, self.cores, config, state, folder / "daemon.log")
         daemon.start(expected)
         return daemon, folder

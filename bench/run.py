@@ -50,7 +50,7 @@ FULL = Sizes(
 SMOKE = Sizes(
     events=2_000, memory_events=20_000, fanout_webhooks=1_000, latency_rates=(200, 2_000),
     latency_s=3.0, slow_events=1_000, bare_requests=2_000, repeat=1, large_events=30,
-    fair_backlog=2_000,
+    fair_backlog=2_000, api_history=20_000,
     slow_variants=(SlowVariant(5), SlowVariant(5, per_webhook=64)),
 )
 
@@ -79,8 +79,9 @@ def parser() -> argparse.ArgumentParser:
                    help="events per slow-receiver variant (20000; smoke 1000)")
     p.add_argument("--bare-requests", type=int,
                    help="requests of each bare client run (50000; smoke 2000)")
-    p.add_argument("--only", metavar="LIST", default=",".join(scenarios.FIGURES),
-                   help=f"figures to run, comma-separated ({','.join(scenarios.FIGURES)})")
+    p.add_argument("--only", metavar="LIST",
+                   help=f"figures to run, comma-separated ({','.join(scenarios.FIGURES)}; "
+                        f"all, but {','.join(sorted(scenarios.NOT_IN_SMOKE))} with --smoke)")
     p.add_argument("--receiver", choices=("auto", "nginx", "aiohttp"), default="auto",
                    help="fast receiver: nginx when installed (auto), or force one")
     p.add_argument("--log-level", default="warning",
@@ -157,7 +158,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     sizes = sizes_from(args)
     overrides(args.set)
-    selected = [name.strip() for name in args.only.split(",") if name.strip()]
+    default = [name for name in scenarios.FIGURES
+               if not (args.smoke and name in scenarios.NOT_IN_SMOKE)]
+    selected = ([name.strip() for name in args.only.split(",") if name.strip()] if args.only
+                else default)
     unknown = [name for name in selected if name not in scenarios.FIGURES]
     if unknown:
         raise SystemExit(f"python -m bench: unknown figure(s) {', '.join(unknown)}")

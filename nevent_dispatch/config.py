@@ -115,6 +115,18 @@ class LogConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ApiConfig:
+    #: Where the management API listens: "HOST:PORT" (PORT 0 picks a free one),
+    #: "unix:/path/api.sock", or "" for no API.
+    listen: str = "127.0.0.1:8788"
+    #: File of bearer tokens, one per line (# comments); default: "token" next to the
+    #: state database. Re-read when it changes.
+    token_file: Path | None = None
+    #: Largest request body accepted, in bytes.
+    max_body_bytes: int = 65536
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     outbox: OutboxConfig = field(default_factory=OutboxConfig)
@@ -124,6 +136,7 @@ class Config:
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
 
     def replace(self, **tables: Any) -> Config:
         """A copy with whole tables or single keys swapped: ``replace(delivery={"timeout": 1})``."""
@@ -253,8 +266,44 @@ def validate(config: Config) -> None:
                "must hold non-empty type names without spaces or '*'", name)
     _check("log.format", config.log.format in ("json", "console"), "must be 'json' or 'console'",
            config.log.format)
+    listen_problem = api_listen_problem(config.api.listen)
+    if listen_problem:
+        raise ConfigError(f"api.listen: {listen_problem}, got {config.api.listen!r}")
+    _check("api.max_body_bytes", 1024 <= config.api.max_body_bytes <= 16 * 1024 * 1024,
+           "must be 1024..16777216", config.api.max_body_bytes)
     _check("log.level", config.log.level in _LEVELS, f"must be one of {', '.join(_LEVELS)}",
            config.log.level)
+
+
+def api_token_file(config: Config) -> Path:
+    """The API's token file: ``api.token_file``, else ``token`` next to the state database."""
+    return config.api.token_file or config.database.state.with_name("token")
+
+
+def parse_listen(listen: str) -> tuple[str, int] | str:
+    """``api.listen`` as (host, port), or the path of a Unix socket."""
+    if listen.startswith("unix:"):
+        return listen.removeprefix("unix:")
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError("expected HOST:PORT, unix:/path or \"\" (off)")
+    return host.strip("[]"), int(port)
+
+
+def api_listen_problem(listen: str) -> str | None:
+    if listen == "":
+        return None
+    try:
+        where = parse_listen(listen)
+    except ValueError as exc:
+        return str(exc)
+    if isinstance(where, str):
+        return None if where.startswith("/") and "\x00" not in where else (
+            "a unix socket needs an absolute path")
+    host, port = where
+    if not host:
+        return "expected HOST:PORT (the host is missing)"
+    return None if port <= 65535 else "port must be 0..65535"
 
 
 def load(path: str | os.PathLike[str] | None = None) -> Config:

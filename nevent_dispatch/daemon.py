@@ -4,7 +4,8 @@ Owns what belongs to the process and nothing else: the event loop policy, the
 signal handlers (installed through a context manager that restores the old
 ones; the first SIGTERM/SIGINT/SIGHUP asks for a drain, a second forces exit),
 the state lock (one daemon per state database, ``statelock.py``), opening and
-closing the store. The pipeline itself lives in ``dispatcher.py``.
+closing the store, starting and stopping the management API (``api/``). The
+pipeline itself lives in ``dispatcher.py``.
 """
 
 from __future__ import annotations
@@ -55,18 +56,28 @@ def stop_on_signals(loop: asyncio.AbstractEventLoop, dispatcher: Dispatcher) -> 
             loop.remove_signal_handler(signum)
 
 
-async def serve(config: Config, *, until_idle: bool = False) -> None:
-    """Lock the state, open the databases, deliver until stopped, close everything in order."""
+async def serve(config: Config, *, until_idle: bool = False, api: bool = True) -> None:
+    """Lock the state, open the databases, serve the API, deliver until stopped, close
+    everything in order (the API first: no change arrives for a pipeline that is gone)."""
     # Before the databases are opened: a second daemon must not even migrate them.
     with hold(config.database.state) as lock:
         store = await Store.open(config, wait_on_storage=True)
+        server = None
         try:
             dispatcher = Dispatcher(config, store)
+            if api and config.api.listen:
+                from .api.app import ApiServer, Pipeline  # aiohttp's server: the daemon's only
+                server = ApiServer(config, Pipeline(dispatcher.watcher.catch_up,
+                                                    dispatcher.watcher.poke))
+            if server is not None:
+                await server.start()
             with stop_on_signals(asyncio.get_running_loop(), dispatcher):
                 log.info("daemon_started", pid=os.getpid(), outbox=str(config.database.outbox),
                          state=str(config.database.state), lock=str(lock), until_idle=until_idle)
                 await dispatcher.run(until_idle=until_idle)
         finally:
+            if server is not None:
+                await server.stop()
             await store.close()
             log.info("daemon_stopped")
 
@@ -83,12 +94,12 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-def run(config: Config, *, until_idle: bool = False) -> None:
+def run(config: Config, *, until_idle: bool = False, api: bool = True) -> None:
     """Run the daemon on uvloop's event loop."""
     tune_gc()
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on every supported platform
-        asyncio.run(serve(config, until_idle=until_idle))
+        asyncio.run(serve(config, until_idle=until_idle, api=api))
         return
-    uvloop.run(serve(config, until_idle=until_idle))
+    uvloop.run(serve(config, until_idle=until_idle, api=api))

@@ -9,6 +9,7 @@ Exceptions are for bugs and bad input; delivery outcomes are data
     │   ├── FilterError           an invalid webhook filter
     │   └── UrlError              a refused webhook URL
     ├── NotFound                  a webhook or delivery id that does not exist
+    ├── Conflict                  a change the current state does not allow (retry of a delivered one)
     ├── StoreError                a database cannot be opened, migrated or written (store/sqlite)
     │   └── StateInUse            another daemon holds the state database (statelock)
     └── SignatureError            a webhook request that fails verification
@@ -42,6 +43,10 @@ class UrlError(ValidationError):
 
 class NotFound(DispatchError, LookupError):
     """A webhook, delivery or event id does not exist."""
+
+
+class Conflict(DispatchError):
+    """The request is valid but the current state does not allow it."""
 
 
 class SignatureError(DispatchError):

@@ -164,6 +164,9 @@ class Delivery:
     updated_at: float
     last_status: int | None
     last_error: str | None
+    #: The organization of the event (None only for history older than schema version 4
+    #: whose webhook was deleted before it).
+    organization_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,6 +47,7 @@ __all__ = [
     "parse_events",
     "set_active",
     "update",
+    "validate_event_type",
     "validate_name",
     "validate_org",
     "validate_rate_limit",
@@ -239,6 +240,17 @@ def parse_events(spec: str | Sequence[str], extra_types: Sequence[str] = ()) -> 
         if name not in result:
             result.append(name)
     return tuple(result)
+
+
+def validate_event_type(name: Any, extra_types: Sequence[str] = ()) -> str:
+    """One event type name to send (a test): documented or in ``extra_types``."""
+    if not isinstance(name, str) or not name:
+        raise ValidationError(f"type: must be an event type name, got {name!r}")
+    known = [*EVENT_TYPES, *(t for t in extra_types if t not in EVENT_TYPES)]
+    if name not in known:
+        hint = _did_you_mean(name, known) or f" (one of: {', '.join(known)})"
+        raise ValidationError(f"type: unknown event type {name!r}{hint}")
+    return name
 
 
 # -- secrets and plain fields ----------------------------------------------------------------

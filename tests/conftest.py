@@ -163,6 +163,8 @@ def make_config(tmp_path: Path, tls: dict[str, Any]) -> Callable[..., Config]:
                       "retry_schedule": (0.05, 0.05, 0.05, 0.05, 0.05), "timeout": 5.0},
             outbox={"poll_interval": 0.01},
             batch={"max_wait": 0.05},
+            # A free port: daemons of parallel tests must not contend for the default one.
+            api={"listen": "127.0.0.1:0"},
         )
         return base.replace(**tables) if tables else base
 
@@ -247,6 +249,7 @@ max_wait = {config.batch.max_wait}
 [rate_limit]
 events_per_minute = {config.rate_limit.events_per_minute}
 burst = {config.rate_limit.burst}
+{"" if "[api]" in extra else f'[api]{chr(10)}listen = "{config.api.listen}"'}
 {extra}
 """
     path.write_text(text)

@@ -91,25 +91,6 @@ def timestamp(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def webhook_json(webhook: Webhook) -> dict[str, Any]:
-    """A webhook as scripts see it: every field, the secret masked."""
-    return {
-        "id": webhook.id,
-        "organization_id": webhook.organization_id,
-        "name": webhook.name,
-        "url": webhook.url,
-        "secret": registry.mask_secret(webhook.secret),
-        "events": list(webhook.events),
-        "filter": webhook.filter,
-        "batch": webhook.batch,
-        "retries": webhook.retries,
-        "rate_limit": webhook.rate_limit,
-        "active": webhook.active,
-        "created_at": webhook.created_at,
-        "updated_at": webhook.updated_at,
-    }
-
-
 def print_webhook(webhook: Webhook, config: Config) -> None:
     rate = (f"{webhook.rate_limit}/min" if webhook.rate_limit is not None
             else f"{config.rate_limit.events_per_minute}/min (default)")

@@ -8,17 +8,16 @@ over to ``daemon.py`` and ``webhooks test`` to ``dispatcher.send_test``.
 from __future__ import annotations
 
 import argparse
-import re
-from datetime import datetime
 from typing import Any
 
-from .. import daemon, logs
+from .. import daemon, history, logs
 from ..catalog import EVENT_TYPES
 from ..config import Config
-from ..errors import NotFound, ValidationError
+from ..errors import ValidationError
 from ..models import Attempt, Delivery, State
 from ..pipeline.attempts import send_test
 from ..store.sqlite import Store
+from ..views import delivery_detail_json, delivery_json
 from .common import (
     EXIT_OK,
     EXIT_REFUSED,
@@ -31,29 +30,10 @@ from .common import (
     with_store,
 )
 
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
 
 def parse_since(text: str, current: float) -> float:
-    """``30m``, ``2h``, ``7d`` ago; a unix time; or an ISO 8601 date/time."""
-    text = text.strip()
-    match = _DURATION.match(text)
-    if match:
-        return current - float(match[1]) * _UNITS[match[2]]
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValidationError(
-            f"since: expected a duration like 30m, 2h or 7d, a unix time or an ISO date, "
-            f"got {text!r}") from None
-    if moment.tzinfo is None:
-        moment = moment.astimezone()
-    return moment.timestamp()
+    """``30m``, ``2h``, ``7d`` ago; a unix time; or an ISO 8601 date/time (``history``)."""
+    return history.parse_time(text, current, "since")
 
 
 def relative(t: float | None, current: float) -> str:
@@ -70,22 +50,6 @@ def relative(t: float | None, current: float) -> str:
     else:
         amount = f"{int(delta)}s"
     return f"in {amount}" if future else f"{amount} ago"
-
-
-def delivery_json(d: Delivery) -> dict[str, Any]:
-    return {
-        "id": d.id, "delivery_id": d.uuid, "webhook_id": d.webhook_id, "kind": d.kind.value,
-        "event_type": d.event_type, "event_id": d.event_id, "event_count": d.event_count,
-        "state": d.state.value, "attempts": d.attempts, "next_at": d.next_at,
-        "created_at": d.created_at, "updated_at": d.updated_at, "last_status": d.last_status,
-        "last_error": d.last_error,
-    }
-
-
-def attempt_json(a: Attempt) -> dict[str, Any]:
-    return {"number": a.number, "started_at": a.started_at, "latency_ms": a.latency_ms,
-            "outcome": a.outcome.value, "status": a.status, "error": a.error,
-            "response": a.response}
 
 
 def printable(text: str) -> str:
@@ -158,15 +122,16 @@ def _args_replay(parser: argparse.ArgumentParser) -> None:
 
 def _cmd_replay(args: argparse.Namespace, config: Config) -> int:
     current = now()
-    since = parse_since(args.since, current) if args.since else 0.0
+    since = parse_since(args.since, current) if args.since else None
 
     async def work(store: Store) -> tuple[bool, int]:
-        active = (await store.get_webhook(args.webhook_id)).active
-        return active, await store.replay_webhook(args.webhook_id, args.status, since, current)
+        webhook = await store.get_webhook(args.webhook_id)
+        return webhook.active, await history.replay_webhook(store, webhook, status=args.status,
+                                                            since=since, now=current)
 
     active, count = with_store(config, work)
     if args.json:
-        print_json({"webhook_id": args.webhook_id, "replayed": count, "webhook_active": active})
+        print_json({"webhook_id": args.webhook_id, "requeued": count, "webhook_active": active})
     else:
         print(f"requeued {count} {args.status} deliveries of {args.webhook_id} "
               f"(same delivery ids; {_when_sent(active, 'them')})")
@@ -196,8 +161,10 @@ def _cmd_list(args: argparse.Namespace, config: Config) -> int:
     if args.limit < 1:
         raise ValidationError(f"limit: must be >= 1, got {args.limit}")
     since = parse_since(args.since, current) if args.since else None
-    deliveries = with_store(config, lambda store: store.list_deliveries(
-        webhook_id=args.webhook, state=args.status, since=since, limit=args.limit))
+    page = with_store(config, lambda store: history.list_deliveries(
+        store, webhook_id=args.webhook, status=args.status, since=since,
+        limit=min(args.limit, history.MAX_LIMIT)))
+    deliveries = page.deliveries
     if args.json:
         print_json([delivery_json(d) for d in deliveries])
         return EXIT_OK
@@ -226,8 +193,7 @@ def _cmd_show(args: argparse.Namespace, config: Config) -> int:
 
     delivery, attempts, items = with_store(config, work)
     if args.json:
-        print_json({**delivery_json(delivery), "attempts": [attempt_json(a) for a in attempts],
-                    "events": [{"id": i[1], "type": i[2]} for i in items]})
+        print_json(delivery_detail_json(delivery, attempts, items))
         return EXIT_OK
     rows = [("delivery", f"{delivery.id} ({delivery.uuid})"),
             ("webhook", delivery.webhook_id or "- (rejected before matching)"),
@@ -257,19 +223,8 @@ def _cmd_show(args: argparse.Namespace, config: Config) -> int:
 
 def _cmd_retry(args: argparse.Namespace, config: Config) -> int:
     current = now()
-
-    async def work(store: Store) -> tuple[Delivery, bool, bool]:
-        delivery = await store.get_delivery(args.delivery)
-        try:
-            active = (await store.get_webhook(delivery.webhook_id or "")).active
-        except NotFound:  # deleted since: the replay stays pending with nobody to send it to
-            active = False
-        return delivery, await store.replay(delivery.id, current), active
-
-    delivery, done, active = with_store(config, work)
-    if not done:
-        raise ValidationError(f"delivery {delivery.id} is {delivery.state.value}: only failed "
-                              "deliveries can be retried")
+    delivery, active = with_store(config, lambda store: history.retry_delivery(
+        store, args.delivery, None, current))
     if args.json:
         print_json({"id": delivery.id, "delivery_id": delivery.uuid, "requeued": True})
     else:

@@ -8,10 +8,12 @@ import os
 import orjson
 
 from .. import registry
-from ..config import Config
+from ..api.auth import create_token_file
+from ..config import Config, api_token_file
 from ..errors import ValidationError
 from ..models import Webhook
 from ..store.sqlite import Store
+from ..views import webhook_json
 from .common import (
     EXIT_OK,
     PROG,
@@ -23,7 +25,6 @@ from .common import (
     print_table,
     print_webhook,
     read_secret,
-    webhook_json,
     with_store,
     yes_no,
 )
@@ -35,6 +36,12 @@ def _cmd_init(args: argparse.Namespace, config: Config) -> int:
     version = with_store(config, lambda store: store.migrate(), migrate=True)
     print(f"initialised outbox {os.path.abspath(config.database.outbox)} and state "
           f"{os.path.abspath(config.database.state)} (schema v{version})")
+    token_file = api_token_file(config)
+    if create_token_file(token_file) is not None:
+        print(f"created the management API's token file {os.path.abspath(token_file)} "
+              "(mode 0600; send its token as Authorization: Bearer <token>)")
+    else:
+        print(f"management API tokens: {os.path.abspath(token_file)} (kept as it is)")
     return EXIT_OK
 
 

@@ -125,15 +125,17 @@ _CREATED_IN = TRANSITIONS[None]
 
 def new_delivery_row(*, webhook_id: str | None, kind: Kind, event_type: str, event_id: str | None,
                      outbox_id: int | None, event_count: int, state: State, now: float,
-                     error: str | None = None, body: bytes | None = None) -> Row:
+                     error: str | None = None, body: bytes | None = None,
+                     organization_id: str | None = None) -> Row:
     """A deliveries row (without its id) as ``Store.record_intake`` and friends take it;
-    a pending one is due ``now``."""
+    a pending one is due ``now``; without ``organization_id``, its webhook's."""
     if state not in _CREATED_IN:
         check_transition(None, state)  # raises, naming the move
     # tuple.__new__ skips the named tuple's Python-level constructor: one row per delivery.
     return tuple.__new__(Row, (new_delivery_uuid(now), webhook_id, kind.value, event_type,
                                event_id, outbox_id, event_count, state.value,
-                               now if state is State.PENDING else None, now, now, error, body))
+                               now if state is State.PENDING else None, now, now, error, body,
+                               organization_id))
 
 
 async def send_test(config: Config, store: Store, webhook: Webhook, event_type: str, *,
@@ -152,7 +154,8 @@ async def send_test(config: Config, store: Store, webhook: Webhook, event_type: 
     envelope = orjson.loads(body)
     row = new_delivery_row(webhook_id=webhook.id, kind=Kind.TEST, event_type=event_type,
                            event_id=envelope["id"], outbox_id=None, event_count=1,
-                           state=State.QUEUED, now=now, body=body)
+                           state=State.QUEUED, now=now, body=body,
+                           organization_id=webhook.organization_id)
     delivery_id = await store.insert_delivery(row)
     job = Job(delivery_id, row[0], Kind.TEST, event_type, envelope["id"], body, 1, 0, 0)
     async with make_session(config.delivery) as session:

@@ -376,7 +376,8 @@ class LaneHost:
         now = self.clock.time()
         row = new_delivery_row(webhook_id=lane.webhook.id, kind=Kind.BATCH, event_type="batch",
                                event_id=None, outbox_id=None, event_count=len(items),
-                               state=State.QUEUED, now=now)
+                               state=State.QUEUED, now=now,
+                               organization_id=lane.webhook.organization_id)
         done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         events = [(i.outbox_id, i.event_id, i.event_type) for i in items]
         self._batches_to_write.append((row, lane.webhook.id, events, done))

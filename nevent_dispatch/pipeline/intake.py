@@ -71,7 +71,7 @@ def plan_page(rows: Sequence[Any], matcher: Matcher, max_bytes: int, now: float)
                 plan.deliveries.append(new_delivery_row(
                     webhook_id=webhook.id, kind=Kind.EVENT, event_type=event.type,
                     event_id=event.id, outbox_id=event.outbox_id, event_count=1,
-                    state=State.QUEUED, now=now))
+                    state=State.QUEUED, now=now, organization_id=event.organization_id))
                 plan._push(webhook, queued, len(plan.deliveries))
             elif len(event.body) + BATCH_OVERHEAD > max_bytes:
                 _reject(plan, Rejection(event.outbox_id, event.id, event.type,
@@ -100,7 +100,8 @@ def _reject(plan: Plan, rejection: Rejection, matcher: Matcher, now: float,
         plan.deliveries.append(new_delivery_row(
             webhook_id=target, kind=Kind.EVENT, event_type=rejection.type or "?",
             event_id=rejection.event_id, outbox_id=rejection.outbox_id, event_count=1,
-            state=State.REJECTED, now=now, error=rejection.reason))
+            state=State.REJECTED, now=now, error=rejection.reason,
+            organization_id=rejection.organization_id or None))
     log.warning("event_rejected", outbox_id=rejection.outbox_id, event_id=rejection.event_id,
                 event_type=rejection.type, organization_id=rejection.organization_id,
                 webhooks=[t for t in targets if t], reason=rejection.reason)

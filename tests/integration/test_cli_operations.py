@@ -85,6 +85,9 @@ timeout = 5.0
 
 [batch]
 max_wait = 0.05
+
+[api]
+listen = "127.0.0.1:0"
 """, encoding="utf-8")
 
     def __call__(self, *args: str, timeout: float = CLI_TIMEOUT_S,
@@ -373,7 +376,9 @@ def test_deliveries_list_filters_by_webhook_status_since_and_limit(history: Hist
     assert one_line_error(ops("deliveries", "list", "--limit", "0")).startswith(
         "nevent-dispatch: limit: must be >= 1")
     assert one_line_error(ops("deliveries", "list", "--since", "yesterday")).startswith(
-        "nevent-dispatch: since: expected a duration")
+        "nevent-dispatch: since: expected a unix time, an ISO 8601 date")
+    # The same reading of times as the management API: a duration also written "-1h".
+    assert len(ops.deliveries("--since=-1h")) == len(everything)
 
 
 def test_deliveries_show_by_number_and_by_uuid_lists_the_attempts(history: History) -> None:
@@ -396,7 +401,7 @@ def test_deliveries_show_by_number_and_by_uuid_lists_the_attempts(history: Histo
     shown = ops.json("deliveries", "show", newest["delivery_id"])
     assert shown == ops.json("deliveries", "show", str(newest["id"]))
     assert shown["id"] == newest["id"] and shown["events"] == []
-    [attempt] = shown["attempts"]
+    [attempt] = shown["attempt_log"]
     assert (attempt["number"], attempt["status"], attempt["outcome"]) == (1, 200, "success")
     assert attempt["latency_ms"] > 0 and attempt["response"] == "ok"
 
@@ -416,7 +421,7 @@ def test_deliveries_show_of_a_batch_lists_its_events(history: History) -> None:
     assert [tuple(line.split()) for line in listed.splitlines()] == expected
     shown = ops.json("deliveries", "show", batch["delivery_id"])
     assert [(e["id"], e["type"]) for e in shown["events"]] == expected
-    assert [a["status"] for a in shown["attempts"]] == [200]
+    assert [a["status"] for a in shown["attempt_log"]] == [200]
 
 
 # -- failures, retry and replay --------------------------------------------------------------
@@ -470,7 +475,7 @@ async def test_failed_deliveries_are_retried_and_replayed_with_their_delivery_id
     assert len({e["id"] for e in receiver.events()}) == 3
 
     shown = ops.json("deliveries", "show", str(first["id"]))
-    assert [(a["number"], a["status"]) for a in shown["attempts"]] == [(1, 500), (2, 500), (3, 200)]
+    assert [(a["number"], a["status"]) for a in shown["attempt_log"]] == [(1, 500), (2, 500), (3, 200)]
     line = one_line_error(ops("deliveries", "retry", str(first["id"])))
     assert line == (f"nevent-dispatch: delivery {first['id']} is delivered: only failed "
                     "deliveries can be retried")
@@ -643,7 +648,7 @@ def test_listen_status_plan_fails_first_then_the_retry_succeeds(
     assert (delivery["state"], delivery["attempts"], delivery["delivery_id"]) == (
         "delivered", 2, first["delivery_id"])
     shown = ops.json("deliveries", "show", str(delivery["id"]))
-    assert [a["status"] for a in shown["attempts"]] == [500, 200]
+    assert [a["status"] for a in shown["attempt_log"]] == [500, 200]
 
 
 # -- demo ------------------------------------------------------------------------------------

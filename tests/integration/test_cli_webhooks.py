@@ -87,14 +87,26 @@ def test_help_works_through_python_dash_m(raw_cli: Cli) -> None:
 
 def test_init_creates_both_databases_and_is_idempotent(tmp_path: Path, config_path: Path,
                                                        raw_cli: Cli) -> None:
-    """init twice succeeds both times; --config is accepted after the command too."""
+    """init twice succeeds both times; --config is accepted after the command too. The
+    first creates the API's token file (mode 0600, one token), the second keeps it."""
+    outputs = []
     for _ in range(2):
         result = raw_cli("init", "--config", str(config_path))
         assert result.returncode == 0, result.stderr
-        assert result.stdout.strip() == (
+        first, second = result.stdout.strip().splitlines()
+        assert first == (
             f"initialised outbox {tmp_path / 'app.db'} and state {tmp_path / 'state.db'} "
             f"(schema v{SCHEMA_VERSION})")
+        outputs.append(second)
     assert (tmp_path / "app.db").is_file() and (tmp_path / "state.db").is_file()
+    token_file = tmp_path / "token"
+    assert outputs[0].startswith(f"created the management API's token file {token_file} ")
+    assert outputs[1] == f"management API tokens: {token_file} (kept as it is)"
+    assert token_file.stat().st_mode & 0o777 == 0o600
+    tokens = [line for line in token_file.read_text().splitlines()
+              if line and not line.startswith("#")]
+    assert len(tokens) == 1 and tokens[0].startswith("ndapi_") and len(tokens[0]) > 40
+    assert tokens[0] not in outputs[0]  # never echoed
 
 
 def test_config_is_taken_from_the_environment_variable(tmp_path: Path, config_path: Path,

@@ -214,6 +214,7 @@ def toml_config(path: Path, config: Config, **extra: dict[str, Any]) -> Path:
         "rate_limit": {"events_per_minute": config.rate_limit.events_per_minute,
                        "burst": config.rate_limit.burst},
         "log": {"format": config.log.format, "level": config.log.level},
+        "api": {"listen": config.api.listen},
     }
     for name, values in extra.items():
         tables.setdefault(name, {}).update(values)

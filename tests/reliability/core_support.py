@@ -181,6 +181,7 @@ class Bench:
             "database": {"outbox": str(self.outbox), "state": str(self.state)},
             "delivery": {"allow_private_networks": True, "ca_file": str(tls["ca_file"]),
                          "timeout": 5.0},
+            "api": {"listen": "127.0.0.1:0"},
         }
         for name, values in tables.items():
             settings.setdefault(name, {}).update(values)

@@ -13,7 +13,7 @@ PROBE = """
 import gc, orjson
 from nevent_dispatch import daemon
 
-async def probe(config, *, until_idle=False):
+async def probe(config, **options):
     print(orjson.dumps({"thresholds": gc.get_threshold(), "frozen": gc.get_freeze_count()}).decode())
 
 daemon.serve = probe

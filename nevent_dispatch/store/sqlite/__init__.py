@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import sqlite3
 import time
@@ -74,6 +75,8 @@ class Row(NamedTuple):
     updated_at: float
     last_error: str | None
     body: bytes | None
+    #: None: the organization of ``webhook_id`` (looked up by the insert).
+    organization_id: str | None
 
 
 class Finish(NamedTuple):
@@ -87,6 +90,17 @@ class Finish(NamedTuple):
     last_status: int | None
     last_error: str | None
     delivery_id: int
+
+
+class WebhookChanges(NamedTuple):
+    """What changed among the webhooks since a revision (``webhook_changes_since``)."""
+
+    #: The webhooks revision the changes bring the reader to.
+    rev: int
+    #: The webhooks changed (created, updated or deleted), each once, in the order of their
+    #: first change; None when some changes were pruned before they were read (a daemon
+    #: stopped for long, a database restored): only a full reload is then right.
+    webhook_ids: list[str] | None
 
 
 def _transient(exc: sqlite3.Error) -> str | None:
@@ -141,8 +155,10 @@ def _webhook_params(w: Webhook) -> dict[str, Any]:
 
 _DELIVERY_COLUMNS = ("id", "uuid", "webhook_id", "kind", "event_type", "event_id", "outbox_id",
                      "event_count", "state", "attempts", "retry_base", "next_at", "created_at",
-                     "updated_at", "last_status", "last_error", "body")
+                     "updated_at", "last_status", "last_error", "body", "organization_id")
 _BODY = _DELIVERY_COLUMNS.index("body")
+#: Above every delivery id (SQLite's largest integer): "no cursor yet".
+_MAX_ID = 2**63 - 1
 
 
 def _delivery(row: tuple[Any, ...]) -> Delivery:
@@ -369,6 +385,41 @@ class Store:
         """Bumped by replays made outside the daemon: due work may have appeared."""
         return int(await self._one(Q["get_meta"], ("requeue_rev",)))
 
+    async def webhook_changes_since(self, rev: int) -> WebhookChanges:
+        """The webhooks changed after revision ``rev``, and the revision that brings.
+
+        Every revision has its row in ``webhook_changes`` (the triggers write both in the
+        change's transaction), so the rows read are complete exactly when there are as many
+        as revisions since ``rev``; fewer means some were pruned (``webhook_ids`` None).
+        """
+        rows = await self._read.execute_fetchall(Q["webhook_changes_since"], (rev,))
+        current = next(int(r[1]) for r in rows if r[0] is None)
+        ids = [r[0] for r in rows if r[0] is not None]
+        if len(ids) != current - rev:
+            return WebhookChanges(current, None)
+        return WebhookChanges(current, list(dict.fromkeys(ids)))
+
+    async def get_webhooks(self, webhook_ids: Iterable[str]) -> list[Webhook]:
+        """The webhooks among ``webhook_ids`` (one missing was deleted), in no given order."""
+        ids = list(webhook_ids)
+        found: list[Webhook] = []
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            cur = await self._read.execute(
+                Q["webhooks_by_id"].format(ids=",".join("?" * len(chunk))), chunk)
+            columns = [c[0] for c in cur.description]
+            found.extend(_webhook(row, columns) for row in await cur.fetchall())
+        return found
+
+    async def prune_webhook_changes(self, up_to_rev: int) -> int:
+        """Forget the changes up to ``up_to_rev``; returns how many rows went.
+
+        The daemon is their only reader and calls it (``pipeline/watcher.py`` says how
+        much it keeps): a change it has applied is of no further use to it, and a reader
+        that finds rows missing falls back to a full reload, so pruning never loses one.
+        """
+        return await self._run(Q["prune_webhook_changes"], (up_to_rev,))
+
     # -- outbox ----------------------------------------------------------------------------
 
     async def outbox_version(self) -> int:
@@ -567,11 +618,67 @@ class Store:
         row = await (await self._read.execute(Q["delivery_body"], (delivery_id,))).fetchone()
         return None if row is None else row[0]
 
-    async def list_deliveries(self, *, webhook_id: str | None = None, state: str | None = None,
-                              since: float | None = None, limit: int = 50) -> list[Delivery]:
-        cur = await self._read.execute(Q["list_deliveries"], {
-            "webhook_id": webhook_id, "state": state, "since": since, "limit": limit})
+    async def list_deliveries(self, *, organization_id: str | None = None,
+                              webhook_id: str | None = None, state: str | None = None,
+                              event_type: str | None = None, event_id: str | None = None,
+                              since: float | None = None, until: float | None = None,
+                              before: int | None = None, limit: int = 50) -> list[Delivery]:
+        """Deliveries newest first (ids below ``before``), narrowed by the given filters;
+        through the index of the organization or the webhook when one is given."""
+        params = {"org": organization_id, "webhook_id": webhook_id, "state": state,
+                  "event_type": event_type, "event_id": event_id, "since": since,
+                  "until": until, "before": _MAX_ID if before is None else before,
+                  "limit": limit}
+        if webhook_id is not None:
+            query = Q["deliveries_of_webhook"]
+        elif organization_id is not None:
+            query = Q["deliveries_of_org"]
+        else:
+            query = Q["deliveries_newest"]
+        cur = await self._read.execute(query, params)
         return [_delivery(tuple(row)) for row in await cur.fetchall()]
+
+    async def first_id_since(self, t: float) -> int:
+        """The lowest delivery id created at or after ``t`` (ids grow with time), found in
+        a few primary-key probes instead of a walk of the history."""
+        low = 1
+        high = int(await self._one(Q["max_delivery_id"]) or 0) + 1
+        while low < high:
+            middle = (low + high) // 2
+            at = await self._one(Q["created_at_of"], (middle,))
+            if at is None or at >= t:
+                high = middle
+            else:
+                low = middle + 1
+        return low
+
+    async def webhook_stats(self, webhook_id: str, from_id: int, latency_sample: int
+                            ) -> tuple[dict[str, int], dict[str, int], list[float]]:
+        """A webhook's deliveries per state and attempts per outcome from ``from_id`` on,
+        and the latencies of its most recent answered attempts."""
+        states = await self._read.execute_fetchall(Q["webhook_state_counts"],
+                                                   (webhook_id, from_id))
+        outcomes = await self._read.execute_fetchall(Q["webhook_outcome_counts"],
+                                                     (webhook_id, from_id))
+        latencies = await self._read.execute_fetchall(Q["webhook_recent_latencies"],
+                                                      (webhook_id, from_id, latency_sample))
+        return ({k: v for k, v in states}, {k: v for k, v in outcomes},
+                [r[0] for r in latencies])
+
+    async def idempotent_response(self, organization_id: str, key: str
+                                  ) -> tuple[str, int, bytes, float] | None:
+        row = await (await self._read.execute(Q["get_idempotency"],
+                                              (organization_id, key))).fetchone()
+        return None if row is None else (row[0], row[1], bytes(row[2]), row[3])
+
+    async def remember_response(self, organization_id: str, key: str, request_hash: str,
+                                status: int, response: bytes, now: float,
+                                forget_before: float) -> None:
+        async def work(db: aiosqlite.Connection) -> None:
+            await db.execute(Q["prune_idempotency"], (forget_before,))
+            await db.execute(Q["put_idempotency"], (organization_id, key, request_hash, status,
+                                                    response, now))
+        await self._transact(work)
 
     async def attempts(self, delivery_id: int) -> list[Attempt]:
         cur = await self._read.execute(Q["attempts_of"], (delivery_id,))
@@ -585,12 +692,14 @@ class Store:
             return cur.rowcount == 1
         return await self._transact(work)
 
-    async def replay_webhook(self, webhook_id: str, state: str, since: float, now: float) -> int:
+    async def replay_webhook(self, webhook_id: str, state: str, since: float, now: float,
+                             until: float = math.inf) -> int:
         if state != State.FAILED:
             raise ValueError(f"only failed deliveries are replayed, not {state!r}")
 
         async def work(db: aiosqlite.Connection) -> int:
-            count = (await db.execute(Q["replay_webhook"], (now, now, webhook_id, since))).rowcount
+            count = (await db.execute(Q["replay_webhook"],
+                                      (now, now, webhook_id, since, until))).rowcount
             if count:
                 await db.execute(Q["bump_requeue_rev"])
             return count

@@ -57,16 +57,35 @@ SELECT * FROM webhooks ORDER BY created_at, id;
 -- The webhooks of one organization, oldest first.
 SELECT * FROM webhooks WHERE organization_id = ? ORDER BY created_at, id;
 
+-- name: webhook_changes_since
+-- The webhooks revision, and every change recorded after a revision: (NULL, revision) for the
+-- first, (webhook id, its revision) for each change. One statement, so both come from the
+-- same snapshot: the changes are complete when there are as many as revisions since.
+SELECT NULL, value FROM meta WHERE key = 'webhooks_rev'
+UNION ALL
+SELECT webhook_id, rev FROM webhook_changes WHERE rev > ?;
+
+-- name: webhooks_by_id
+-- The webhooks among some ids (the ids are inlined as bound parameters); a missing one was
+-- deleted.
+SELECT * FROM webhooks WHERE id IN ({ids});
+
+-- name: prune_webhook_changes
+-- Changes up to a revision, once the daemon has applied them (see Store.prune_webhook_changes).
+DELETE FROM webhook_changes WHERE rev <= ?;
+
 -- name: max_delivery_id
 -- The highest delivery id; ids of a new page are assigned after it under the write lock.
 SELECT coalesce(max(id), 0) FROM deliveries;
 
 -- name: insert_delivery
 -- A new delivery (event, batch, test or rejected record).
+-- Its organization, when not given, is its webhook's.
 INSERT INTO deliveries (id, uuid, webhook_id, kind, event_type, event_id, outbox_id, event_count,
                         state, attempts, retry_base, next_at, created_at, updated_at,
-                        last_status, last_error, body)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?, ?, NULL, ?, ?);
+                        last_status, last_error, body, organization_id)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 0, 0, ?10, ?11, ?12, NULL, ?13, ?14,
+        coalesce(?15, (SELECT w.organization_id FROM webhooks w WHERE w.id = ?3)));
 
 -- name: insert_batch_waiting
 -- The events of one page waiting for a batch of one batch-mode webhook.
@@ -123,13 +142,79 @@ SELECT * FROM deliveries WHERE id = ?;
 -- One delivery by its X-Nevent-Delivery uuid.
 SELECT * FROM deliveries WHERE uuid = ?;
 
--- name: list_deliveries
--- Deliveries, newest first, narrowed by optional webhook, state and time.
+-- name: deliveries_newest
+-- Deliveries of every organization (the CLI), newest first, before a cursor id, narrowed by
+-- optional webhook, state, type and creation time (walks the primary key backwards).
 SELECT * FROM deliveries
-WHERE (:webhook_id IS NULL OR webhook_id = :webhook_id)
+WHERE id < :before
+  AND (:webhook_id IS NULL OR webhook_id = :webhook_id)
   AND (:state IS NULL OR state = :state)
+  AND (:event_type IS NULL OR event_type = :event_type)
+  AND (:event_id IS NULL OR event_id = :event_id)
   AND (:since IS NULL OR created_at >= :since)
+  AND (:until IS NULL OR created_at < :until)
 ORDER BY id DESC LIMIT :limit;
+
+-- name: deliveries_of_org
+-- The same for one organization, through deliveries_org.
+SELECT * FROM deliveries INDEXED BY deliveries_org
+WHERE organization_id = :org AND id < :before
+  AND (:webhook_id IS NULL OR webhook_id = :webhook_id)
+  AND (:state IS NULL OR state = :state)
+  AND (:event_type IS NULL OR event_type = :event_type)
+  AND (:event_id IS NULL OR event_id = :event_id)
+  AND (:since IS NULL OR created_at >= :since)
+  AND (:until IS NULL OR created_at < :until)
+ORDER BY id DESC LIMIT :limit;
+
+-- name: deliveries_of_webhook
+-- The same for one webhook (of one organization, or of any when :org is NULL), through
+-- deliveries_webhook.
+SELECT * FROM deliveries INDEXED BY deliveries_webhook
+WHERE webhook_id = :webhook_id AND id < :before
+  AND (:org IS NULL OR organization_id = :org)
+  AND (:state IS NULL OR state = :state)
+  AND (:event_type IS NULL OR event_type = :event_type)
+  AND (:event_id IS NULL OR event_id = :event_id)
+  AND (:since IS NULL OR created_at >= :since)
+  AND (:until IS NULL OR created_at < :until)
+ORDER BY id DESC LIMIT :limit;
+
+-- name: created_at_of
+-- When one delivery was created (a probe of the search for the first id since a time).
+SELECT created_at FROM deliveries WHERE id >= ? ORDER BY id LIMIT 1;
+
+-- name: webhook_state_counts
+-- A webhook's deliveries per state, from an id on.
+SELECT state, count(*) FROM deliveries INDEXED BY deliveries_webhook
+WHERE webhook_id = ? AND id >= ? GROUP BY state;
+
+-- name: webhook_outcome_counts
+-- A webhook's attempts per outcome, of its deliveries from an id on.
+SELECT a.outcome, count(*) FROM deliveries d INDEXED BY deliveries_webhook
+JOIN attempts a ON a.delivery_id = d.id
+WHERE d.webhook_id = ? AND d.id >= ? GROUP BY a.outcome;
+
+-- name: webhook_recent_latencies
+-- The latencies of a webhook's most recent attempts that got an answer, from an id on.
+SELECT a.latency_ms FROM deliveries d INDEXED BY deliveries_webhook
+JOIN attempts a ON a.delivery_id = d.id
+WHERE d.webhook_id = ? AND d.id >= ? AND a.status IS NOT NULL
+ORDER BY d.id DESC LIMIT ?;
+
+-- name: get_idempotency
+-- The first response given to an idempotency key of an organization.
+SELECT request_hash, status, response, created_at FROM idempotency_keys
+WHERE organization_id = ? AND key = ?;
+
+-- name: put_idempotency
+-- Remember the response given to an idempotency key (the first one wins).
+INSERT INTO idempotency_keys (organization_id, key, request_hash, status, response, created_at)
+VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING;
+
+-- name: prune_idempotency
+-- Forget idempotency keys older than their lifetime.
+DELETE FROM idempotency_keys WHERE created_at < ?;
 
 -- name: attempts_of
 -- Every attempt at one delivery, in order.
@@ -211,16 +296,18 @@ SELECT w.id, (SELECT min(d.next_at) FROM deliveries d WHERE d.webhook_id = w.id 
 FROM webhooks w WHERE w.active = 1;
 
 -- name: replay_delivery
--- Requeue a failed delivery now: a fresh round of retries, same uuid.
+-- Requeue a failed delivery now: a fresh round of retries, same uuid (a test is never sent
+-- again: it was one probe, not an event).
 -- moves: failed -> pending
 UPDATE deliveries SET state = 'pending', next_at = ?, retry_base = attempts, updated_at = ?
-WHERE id = ? AND state = 'failed';
+WHERE id = ? AND state = 'failed' AND kind != 'test';
 
 -- name: replay_webhook
 -- Requeue in bulk the failed deliveries of one webhook created since a time.
 -- moves: failed -> pending
 UPDATE deliveries SET state = 'pending', next_at = ?, retry_base = attempts, updated_at = ?
-WHERE webhook_id = ? AND state = 'failed' AND created_at >= ? AND kind != 'test';
+WHERE webhook_id = ? AND state = 'failed' AND created_at >= ? AND created_at < ?
+  AND kind != 'test';
 
 -- name: bump_requeue_rev
 -- Tell a running daemon that deliveries were requeued from outside it.

@@ -1,0 +1,286 @@
+"""The management API's HTTP plumbing: the aiohttp application, its middlewares, its listener.
+
+Owns what every route shares: bearer-token authentication (``auth.py``) for every
+route but ``/healthz``; JSON errors for everything that goes wrong, in one shape
+(``{"error": {"code", "field", "message"}}``) with the registry's own messages;
+the body rules (JSON objects only, 415 otherwise, 413 above ``api.max_body_bytes``);
+the listener (``api.listen``: TCP, a Unix socket, or off) and the ``api_listening``
+line. A client can never see a traceback or a 500 for what it sent: an unexpected
+error is logged and answered 500 ``internal_error``. It must not hold domain rules:
+the routes call ``registry`` and ``history``, as the CLI does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import stat
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from ..config import Config, api_token_file, parse_listen
+from ..errors import ConfigError, Conflict, NotFound, ValidationError
+from ..logs import get_logger
+from ..store.sqlite import Store
+from .auth import Tokens
+
+log = get_logger("nevent_dispatch")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+#: Routes anyone may call.
+OPEN_PATHS = frozenset({"/healthz"})
+#: Keys of the application.
+STORE = web.AppKey("store", Store)
+CONFIG = web.AppKey("config", Config)
+TOKENS = web.AppKey("tokens", Tokens)
+#: The running pipeline, when the API is served by the daemon (None in tests of the app).
+PIPELINE = web.AppKey("pipeline", object)
+
+
+class Pipeline:
+    """What the routes may ask of the daemon's pipeline: to apply a webhook change before
+    the answer (``catch_up``), or to look for requeued work now (``poke``)."""
+
+    def __init__(self, catch_up: Callable[[], Awaitable[bool]], poke: Callable[[], None]) -> None:
+        self.catch_up, self.poke = catch_up, poke
+
+
+async def webhooks_changed(request: web.Request) -> None:
+    """After a webhook change: answer once the running pipeline applies it."""
+    pipeline = request.app.get(PIPELINE)
+    if isinstance(pipeline, Pipeline):
+        await pipeline.catch_up()
+
+
+def work_requeued(request: web.Request) -> None:
+    pipeline = request.app.get(PIPELINE)
+    if isinstance(pipeline, Pipeline):
+        pipeline.poke()
+
+
+class ApiError(Exception):
+    """An answer other than success, with its code for the JSON error."""
+
+    def __init__(self, status: int, code: str, message: str, field: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.field = status, code, message, field
+        self.headers = headers
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None
+                  ) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, headers=headers,
+                        content_type="application/json")
+
+
+def error_body(code: str, message: str, field: str | None = None) -> dict[str, Any]:
+    return {"error": {"code": code, "field": field, "message": message}}
+
+
+def error_response(status: int, code: str, message: str, field: str | None = None,
+                   headers: dict[str, str] | None = None) -> web.Response:
+    return json_response(error_body(code, message, field), status, headers)
+
+
+def field_of(message: str) -> str | None:
+    """The field a registry message is about: its words before the first colon."""
+    head, sep, _ = message.partition(":")
+    return head if sep and head.replace("_", "").replace(".", "").isalnum() else None
+
+
+_HTTP_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found",
+               405: "method_not_allowed", 409: "conflict", 413: "payload_too_large",
+               415: "unsupported_media_type", 422: "validation_error"}
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return error_response(exc.status, exc.code, exc.message, exc.field, exc.headers)
+    except ValidationError as exc:
+        return error_response(422, "validation_error", str(exc), field_of(str(exc)))
+    except NotFound as exc:
+        return error_response(404, "not_found", str(exc))
+    except Conflict as exc:
+        return error_response(409, "conflict", str(exc))
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _HTTP_CODES.get(exc.status, "http_error")
+        message = exc.reason if exc.status != 404 else f"no route {request.path!r}"
+        if exc.status == 413:
+            message = (f"request body larger than {request.app[CONFIG].api.max_body_bytes} "
+                       "bytes (api.max_body_bytes)")
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return error_response(exc.status, code, message, headers=headers)
+    except Exception as exc:  # noqa: BLE001 - a client must never see a traceback
+        log.error("api_internal_error", method=request.method, path=request.path,
+                  error=f"{type(exc).__name__}: {exc}")
+        return error_response(500, "internal_error", "internal error (logged by the daemon)")
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path not in OPEN_PATHS and not request.app[TOKENS].accepts(
+            request.headers.get("Authorization")):
+        raise ApiError(401, "unauthorized",
+                       "missing or invalid bearer token (Authorization: Bearer <token>)",
+                       headers={"WWW-Authenticate": 'Bearer realm="nevent-dispatch"'})
+    return await handler(request)
+
+
+async def read_object(request: web.Request, *, optional: bool = False) -> dict[str, Any]:
+    """The request's JSON object; an empty body is ``{}`` when ``optional``."""
+    limit = request.app[CONFIG].api.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
+    raw = await request.read()
+    if not raw:  # only no body at all is "no body": whitespace is not a JSON document
+        if optional:
+            return {}
+        raise ApiError(400, "bad_request", "a JSON object body is required")
+    if request.content_type != "application/json":
+        raise ApiError(415, "unsupported_media_type",
+                       f"Content-Type must be application/json, got {request.content_type!r}")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ApiError(422, "validation_error", "body: must be a JSON object", "body")
+    return body
+
+
+def check_fields(body: dict[str, Any], allowed: tuple[str, ...]) -> None:
+    """Refuse fields the route does not know (a typo must not be silently ignored)."""
+    for key in body:
+        if key not in allowed:
+            known = f"known: {', '.join(allowed)}" if allowed else "this route takes no fields"
+            raise ApiError(422, "validation_error",
+                           f"{key if key.isidentifier() else repr(key)}: unknown field ({known})",
+                           key if key.isidentifier() else "body")
+
+
+def check_query(request: web.Request, allowed: tuple[str, ...]) -> None:
+    """Refuse query parameters the route does not know (``?stauts=failed`` must not list
+    everything)."""
+    for key in request.query:
+        if key not in allowed:
+            raise ApiError(422, "validation_error",
+                           f"{key if key.isidentifier() else repr(key)}: unknown query "
+                           f"parameter (known: {', '.join(allowed)})",
+                           key if key.isidentifier() else "query")
+
+
+def build_app(config: Config, store: Store, tokens: Tokens,
+              pipeline: Pipeline | None = None) -> web.Application:
+    from . import deliveries, openapi, webhooks
+
+    app = web.Application(middlewares=[errors_middleware, auth_middleware],
+                          client_max_size=config.api.max_body_bytes)
+    app[STORE], app[CONFIG], app[TOKENS] = store, config, tokens
+    if pipeline is not None:
+        app[PIPELINE] = pipeline
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/openapi.json", openapi.serve)
+    webhooks.add_routes(app.router)
+    deliveries.add_routes(app.router)
+    app.on_response_prepare.append(_server_header)
+    return app
+
+
+async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
+    """Name the service, not the versions of the libraries under it."""
+    response.headers["Server"] = "nevent-dispatch"
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+class ApiServer:
+    """The API of a running daemon: ``await start()`` binds, ``await stop()`` closes."""
+
+    def __init__(self, config: Config, pipeline: Pipeline | None = None) -> None:
+        self.config = config
+        self._pipeline = pipeline
+        self.url: str | None = None
+        self._runner: web.AppRunner | None = None
+        self._store: Store | None = None
+        self._socket_path: Path | None = None
+
+    async def start(self) -> None:
+        listen = self.config.api.listen
+        where = parse_listen(listen)
+        # Its own connections: a slow list never waits behind, or delays, the pipeline's.
+        self._store = await Store.open(self.config, migrate=False)
+        tokens = Tokens(api_token_file(self.config))
+        app = build_app(self.config, self._store, tokens, self._pipeline)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                                     shutdown_timeout=1.0)
+        await self._runner.setup()
+        try:
+            if isinstance(where, str):
+                path = Path(where)
+                _remove_stale_socket(path)
+                site: web.BaseSite = web.UnixSite(self._runner, str(path))
+                await site.start()
+                os.chmod(path, 0o660)
+                self._socket_path = path
+                self.url = f"unix:{path}"
+            else:
+                host, port = where
+                site = web.TCPSite(self._runner, host, port, reuse_address=True)
+                await site.start()
+                server: Any = site._server  # noqa: SLF001 - the port actually bound (":0")
+                sockets = getattr(server, "sockets", None)
+                bound = sockets[0].getsockname() if sockets else (host, port)
+                shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+                self.url = f"http://{shown}:{bound[1]}"
+        except OSError as exc:
+            await self.stop()
+            # asyncio's message repeats the address: only its last part is the reason.
+            reason = str(exc.strerror or exc).rsplit(": ", 1)[-1]
+            raise ConfigError(f"api.listen: cannot listen on {listen!r}: {reason}") from None
+        log.info("api_listening", url=self.url, auth_file=str(tokens.path))
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._store is not None:
+            await self._store.close()
+            self._store = None
+        if self._socket_path is not None:
+            with contextlib.suppress(OSError):
+                self._socket_path.unlink()
+            self._socket_path = None
+
+
+def _remove_stale_socket(path: Path) -> None:
+    """A socket file left by a daemon that died (the state lock says none runs now) is
+    removed; anything else at the path is an error."""
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise OSError(17, f"{path} exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        path.unlink()
+    else:
+        raise OSError(98, f"{path} is in use by another process")
+    finally:
+        probe.close()
