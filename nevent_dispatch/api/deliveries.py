@@ -13,7 +13,7 @@ from aiohttp import web
 
 from .. import history, registry
 from ..views import delivery_detail_json, delivery_json
-from .app import STORE, check_query, json_response, work_requeued
+from .http import STORE, check_query, json_response, work_requeued
 
 LIST_PARAMETERS = ("webhook_id", "status", "event_type", "event_id", "since", "until",
                    "limit", "cursor")

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from .. import __version__
 from ..models import Kind, Outcome, State
-from .app import json_response
+from .http import json_response
 
 _TIME = {"type": ["number", "null"], "description": "unix seconds"}
 _TIME_PARAM: dict[str, Any] = {"oneOf": [{"type": "number"}, {"type": "string"}],

@@ -24,7 +24,7 @@ from ..errors import ValidationError
 from ..pipeline.attempts import send_test
 from ..pipeline.matcher import type_predicate
 from ..views import delivery_json, webhook_json
-from .app import (
+from .http import (
     CONFIG,
     STORE,
     ApiError,
