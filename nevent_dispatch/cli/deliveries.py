@@ -10,8 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .. import daemon, history, logs
-from ..catalog import EVENT_TYPES
+from .. import daemon, history, logs, registry
 from ..config import Config
 from ..errors import ValidationError
 from ..models import Attempt, Delivery, State
@@ -88,9 +87,7 @@ def _args_test(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_test(args: argparse.Namespace, config: Config) -> int:
-    if args.type not in EVENT_TYPES and args.type not in config.events.extra_types:
-        raise ValidationError(f"type: unknown event type {args.type!r} "
-                              f"(one of: {', '.join(EVENT_TYPES)})")
+    registry.validate_event_type(args.type, config.events.extra_types)
     logs.configure(fmt=config.log.format, level="warning")
 
     async def work(store: Store) -> tuple[Delivery, Any]:

@@ -254,10 +254,12 @@ async def test_webhooks_test_against_a_failing_receiver_exits_1_and_records_the_
 
 
 def test_webhooks_test_refuses_an_unknown_type(ops: Ops) -> None:
-    """An unknown --type is a one-line error naming it; nothing is sent or recorded."""
+    """An unknown --type is a one-line error naming it, with the did-you-mean of --events
+    (the registry's message, as over the API); nothing is sent or recorded."""
     webhook_id = ops.create_webhook("https://127.0.0.1:9/hook", enable=False)
     line = one_line_error(ops("webhooks", "test", webhook_id, "--type", "purchase.complete"))
-    assert line.startswith("nevent-dispatch: type: unknown event type 'purchase.complete'")
+    assert line == ("nevent-dispatch: type: unknown event type 'purchase.complete' "
+                    "(did you mean 'purchase.completed'?)")
     assert ops.deliveries() == []
 
 
