@@ -13,11 +13,13 @@ and ``attempts.settle`` do.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from ..clock import Clock
 from ..config import Config
+from ..errors import NotFound
 from ..logs import get_logger
 from ..models import Delivery, Kind, Outcome, State, Webhook
 from ..store.sqlite import Row, Store
@@ -206,7 +208,16 @@ class LaneHost:
         """Group events left waiting for a batch into pending batch deliveries, due now."""
         count = 0
         for webhook_id in webhook_ids:
-            while events := await self.store.waiting_events(webhook_id, 0, self.max_events):
+            # Never more than the webhook's bucket holds, as for batches formed in a lane:
+            # a batch must always be payable at once.
+            size = min(self.max_events, self.config.rate_limit.burst)
+            webhook = self.webhooks.get(webhook_id)
+            if webhook is None:
+                with contextlib.suppress(NotFound):
+                    webhook = await self.store.get_webhook(webhook_id)
+            if webhook is not None:
+                size = min(size, self.limit(webhook))
+            while events := await self.store.waiting_events(webhook_id, 0, max(1, size)):
                 row = new_delivery_row(webhook_id=webhook_id, kind=Kind.BATCH,
                                        event_type="batch", event_id=None, outbox_id=None,
                                        event_count=len(events), state=State.PENDING, now=now)
