@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,8 +109,9 @@ class EventsConfig:
 
 @dataclass(frozen=True, slots=True)
 class LogConfig:
-    #: "json" (one JSON object per line, for journald) or "console" (for people).
-    format: str = "json"
+    #: "json" (one JSON object per line, for journald), "console" (for people, coloured on a
+    #: terminal unless NO_COLOR is set), or "auto": console on a terminal, JSON otherwise.
+    format: str = "auto"
     #: debug, info, warning or error.
     level: str = "info"
 
@@ -124,6 +126,33 @@ class ApiConfig:
     token_file: Path | None = None
     #: Largest request body accepted, in bytes.
     max_body_bytes: int = 65536
+    #: Whether ``GET /metrics`` needs a bearer token like the other routes.
+    metrics_token: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    #: Count attempts, deliveries and batches for ``GET /metrics`` (Prometheus text).
+    enabled: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class HealthConfig:
+    #: Seconds without progress (state database locked, intake not advancing over a
+    #: backlog, scheduler not running) before /readyz answers 503 and the systemd
+    #: watchdog is no longer fed.
+    stall_after: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionConfig:
+    #: Finished deliveries (delivered, failed, rejected) older than this are pruned with
+    #: their attempts and batch rows: a duration such as "30d", "12h"; "0" keeps all.
+    deliveries: str = "30d"
+    #: Outbox rows already fully handled and older than this are pruned by the daemon:
+    #: "off" (the application prunes, see outbox_needed_from) or a duration such as "3d",
+    #: no shorter than the retry horizon (retries re-read the outbox).
+    outbox: str = "off"
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +166,9 @@ class Config:
     events: EventsConfig = field(default_factory=EventsConfig)
     log: LogConfig = field(default_factory=LogConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
 
     def replace(self, **tables: Any) -> Config:
         """A copy with whole tables or single keys swapped: ``replace(delivery={"timeout": 1})``."""
@@ -148,6 +180,30 @@ class Config:
 
 
 _LEVELS = ("debug", "info", "warning", "error")
+_LOG_FORMATS = ("auto", "json", "console")
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(key: str, value: str, *, off: str | None = None) -> float | None:
+    """A retention duration in seconds ("30d", "12h", "90m", "45s"; "0" is 0); ``off``
+    names the word meaning "never" (then None)."""
+    text = value.strip()
+    if off is not None and text == off:
+        return None
+    if text == "0":
+        return 0.0
+    match = _DURATION.match(text)
+    if not match:
+        words = f'"{off}", ' if off else ""
+        raise ConfigError(f"{key}: expected {words}\"0\" or a duration such as \"30d\", "
+                          f"\"12h\", \"90m\", got {value!r}")
+    return float(match[1]) * _DURATION_UNITS[match[2]]
+
+
+def retry_horizon(config: Config) -> float:
+    """Seconds from a delivery's first attempt to its last retry."""
+    return sum(config.delivery.retry_schedule)
 
 
 def _finite(value: int | float) -> bool:
@@ -264,8 +320,17 @@ def validate(config: Config) -> None:
     for name in config.events.extra_types:
         _check("events.extra_types", name.split() == [name] and "*" not in name,
                "must hold non-empty type names without spaces or '*'", name)
-    _check("log.format", config.log.format in ("json", "console"), "must be 'json' or 'console'",
+    _check("log.format", config.log.format in _LOG_FORMATS, "must be 'auto', 'json' or 'console'",
            config.log.format)
+    _check("health.stall_after", 1 <= config.health.stall_after <= 3600, "must be 1..3600",
+           config.health.stall_after)
+    parse_duration("retention.deliveries", config.retention.deliveries)
+    outbox_keep = parse_duration("retention.outbox", config.retention.outbox, off="off")
+    if outbox_keep is not None and outbox_keep < retry_horizon(config):
+        raise ConfigError(
+            f"retention.outbox: must be \"off\" or at least the retry horizon "
+            f"({retry_horizon(config):g} s, the sum of delivery.retry_schedule): retries "
+            f"re-read the outbox, got {config.retention.outbox!r}")
     listen_problem = api_listen_problem(config.api.listen)
     if listen_problem:
         raise ConfigError(f"api.listen: {listen_problem}, got {config.api.listen!r}")

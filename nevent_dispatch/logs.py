@@ -1,4 +1,5 @@
-"""Logging: structlog configured once, JSON lines on stdout for journald.
+"""Logging: structlog configured once: JSON lines on stdout for journald, console lines
+(coloured unless NO_COLOR is set) on a terminal.
 
 Owns the processor chain and the rule that nothing named like a secret is ever
 rendered. It must not be configured from anywhere but the process shell
@@ -8,6 +9,7 @@ rendered. It must not be configured from anywhere but the process shell
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Any
 
@@ -45,6 +47,9 @@ def configure(*, fmt: str = "json", level: str = "info", stream: Any = None) -> 
     global _threshold
     _threshold = _LEVELS[level]
     stream = stream or sys.stdout
+    tty = _is_tty(stream)
+    if fmt == "auto":
+        fmt = "console" if tty else "json"
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -52,7 +57,8 @@ def configure(*, fmt: str = "json", level: str = "info", stream: Any = None) -> 
         _drop_secrets,
     ]
     if fmt == "console":
-        processors = [*shared, structlog.dev.ConsoleRenderer(colors=False)]
+        processors = [*shared, structlog.dev.ConsoleRenderer(
+            colors=tty and not os.environ.get("NO_COLOR"))]
         factory: Any = structlog.PrintLoggerFactory(stream)
     else:
         processors = [*shared, structlog.processors.format_exc_info,
@@ -64,6 +70,13 @@ def configure(*, fmt: str = "json", level: str = "info", stream: Any = None) -> 
         logger_factory=factory,
         cache_logger_on_first_use=True,
     )
+
+
+def _is_tty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
 
 
 def enabled(level: str) -> bool:

@@ -95,8 +95,15 @@ def test_values_are_coerced_to_the_field_types(write_config: WriteConfig) -> Non
     ("[rate_limit]\nevents_per_minute = 0\n", "rate_limit.events_per_minute: must be 1..10000000"),
     ('[events]\nextra_types = ["bad type"]\n',
      "events.extra_types: must hold non-empty type names"),
-    ('[log]\nformat = "xml"\n', "log.format: must be 'json' or 'console', got 'xml'"),
+    ('[log]\nformat = "xml"\n', "log.format: must be 'auto', 'json' or 'console', got 'xml'"),
     ('[log]\nlevel = "loud"\n', "log.level: must be one of debug, info, warning, error"),
+    ("[health]\nstall_after = 0\n", "health.stall_after: must be 1..3600, got 0.0"),
+    ('[retention]\ndeliveries = "30 days"\n',
+     'retention.deliveries: expected "0" or a duration such as "30d"'),
+    ('[retention]\ndeliveries = "off"\n', "retention.deliveries: expected \"0\" or a duration"),
+    ('[retention]\noutbox = "1h"\n',
+     'retention.outbox: must be "off" or at least the retry horizon (30960 s'),
+    ('[retention]\noutbox = "-3d"\n', 'retention.outbox: expected "off", "0" or a duration'),
 ])
 def test_each_config_error_is_one_line_naming_the_key(write_config: WriteConfig, toml: str,
                                                       message: str) -> None:
@@ -154,3 +161,15 @@ def test_defaults_pass_their_own_validation() -> None:
     """The embedded defaults are a valid configuration."""
     config_module.validate(Config())
     assert from_dict({}) == Config()
+
+
+def test_retention_durations_parse_to_seconds(write_config: WriteConfig) -> None:
+    """"30d" is 30 days, "off" is never; an outbox retention at the retry horizon is allowed."""
+    from nevent_dispatch.config import parse_duration
+    assert parse_duration("k", "30d") == 30 * 86400
+    assert parse_duration("k", "90m") == 5400
+    assert parse_duration("k", "0") == 0
+    assert parse_duration("k", "off", off="off") is None
+    config = load(write_config('[retention]\noutbox = "1d"\n[delivery]\nretry_schedule = [60]\n'))
+    assert config.retention.outbox == "1d"
+    assert load(write_config("")).log.format == "auto"
