@@ -218,15 +218,17 @@ def _check(key: str, ok: bool, why: str, value: Any) -> None:
         raise ConfigError(f"{key}: {why}, got {value!r}")
 
 
-def _coerce(key: str, value: Any, default: Any, hint: str) -> Any:
-    """Turn one TOML value into the type of the dataclass field, or say why not."""
+def _coerce(key: str, value: Any, default: Any, hint: str, base: Path | None = None) -> Any:
+    """Turn one TOML value into the type of the dataclass field, or say why not; a relative
+    path is taken relative to ``base`` (the config file's folder)."""
     if "Path" in hint:
         _check(key, isinstance(value, str), "must be a string path", value)
         if "None" in hint and value == "":
             return None
         _check(key, value != "", "must not be empty", value)
         _check(key, "\x00" not in value, "must not contain a NUL character", value)
-        return Path(value)
+        path = Path(value).expanduser()
+        return path if base is None or path.is_absolute() else base / path
     if hint.startswith("tuple[float"):
         _check(key, isinstance(value, list), "must be a list of seconds", value)
         for item in value:
@@ -253,11 +255,18 @@ def _coerce(key: str, value: Any, default: Any, hint: str) -> Any:
     raise AssertionError(f"no coercion for {key} ({hint})")  # pragma: no cover - a bug
 
 
-def from_dict(raw: dict[str, Any]) -> Config:
-    """Build a validated Config from parsed TOML; unknown tables or keys are errors."""
+def from_dict(raw: dict[str, Any], base: Path | None = None) -> Config:
+    """Build a validated Config from parsed TOML; unknown tables or keys are errors.
+    Relative paths are taken relative to ``base`` when given (the config file's folder)."""
     tables: dict[str, Any] = {}
     known_tables = {f.name: f for f in dataclasses.fields(Config)}
     for table, values in raw.items():
+        if table not in known_tables and not isinstance(values, dict):
+            homes = [name for name, f in known_tables.items()
+                     if table in {k.name for k in dataclasses.fields(f.default_factory)}]  # type: ignore[arg-type]
+            where = (f"; it belongs under [{homes[0]}]: [{homes[0]}] {table} = ..." if homes
+                     else f" (tables: {', '.join(known_tables)})")
+            raise ConfigError(f"{table}: a key outside any table{where}")
         if table not in known_tables:
             raise ConfigError(f"{table}: unknown table (known: {', '.join(known_tables)})")
         if not isinstance(values, dict):
@@ -269,7 +278,7 @@ def from_dict(raw: dict[str, Any]) -> Config:
             dotted = f"{table}.{key}"
             if key not in fields:
                 raise ConfigError(f"{dotted}: unknown key (known: {', '.join(fields)})")
-            kwargs[key] = _coerce(dotted, value, fields[key].default, str(fields[key].type))
+            kwargs[key] = _coerce(dotted, value, fields[key].default, str(fields[key].type), base)
         tables[table] = cls(**kwargs)
     config = Config(**tables)
     validate(config)
@@ -372,19 +381,31 @@ def api_listen_problem(listen: str) -> str | None:
 
 
 def load(path: str | os.PathLike[str] | None = None) -> Config:
-    """Load ``path`` (or $NEVENT_DISPATCH_CONFIG); with neither, the embedded defaults."""
+    """Load ``path`` (or $NEVENT_DISPATCH_CONFIG); with neither, the embedded defaults.
+
+    Paths written in the file (databases, token file, CA file) are relative to the
+    file's folder, so the config means the same from any working directory; the
+    defaults of keys it leaves out stay relative to the working directory (``./var``).
+    """
+    source = "--config"
     if path is None:
         path = os.environ.get(CONFIG_ENV) or None
+        source = f"${CONFIG_ENV}"
     if path is None:
         return Config()
+    where = os.path.abspath(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(f"config: cannot read {str(path)!r}: {exc.strerror or exc}") from None
+        raise ConfigError(f"config: cannot read {where!r} (from {source}, cwd "
+                          f"{os.getcwd()}): {exc.strerror or exc}") from None
     except UnicodeDecodeError:
-        raise ConfigError(f"config: {str(path)!r} is not UTF-8 text") from None
+        raise ConfigError(f"config: {where!r} is not UTF-8 text") from None
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config: {str(path)!r} is not valid TOML: {exc}") from None
-    return from_dict(raw)
+        raise ConfigError(f"config: {where!r} is not valid TOML: {exc}") from None
+    try:
+        return from_dict(raw, Path(where).parent)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc} (in {where})") from None

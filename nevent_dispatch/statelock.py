@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -43,6 +44,17 @@ def _holder(fd: int) -> str:
     return "unknown"
 
 
+def _lock_exclusive(fd: int) -> None:
+    """Take the lock, allowing ~0.1 s for a reader's brief probe (``running_pid``)."""
+    for _ in range(5):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            time.sleep(0.02)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
 @contextlib.contextmanager
 def hold(state: Path | str) -> Iterator[Path]:
     """Hold the lock of ``state`` until the block exits; raise ``StateInUse`` if it is taken."""
@@ -55,7 +67,7 @@ def hold(state: Path | str) -> Iterator[Path]:
         raise StoreError(f"database.state: cannot open lock {str(path)!r}: {exc}") from None
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _lock_exclusive(fd)
         except BlockingIOError:
             raise StateInUse(
                 f"database.state: {os.path.abspath(state)} is in use by another nevent-dispatch "
@@ -72,3 +84,24 @@ def hold(state: Path | str) -> Iterator[Path]:
                 os.ftruncate(fd, 0)
     finally:
         os.close(fd)  # releases the lock
+
+
+def running_pid(state: Path | str) -> int | None:
+    """The pid of the daemon holding ``state``'s lock, or None when none runs (read-only:
+    a missing lock file is not created)."""
+    try:
+        fd = os.open(lock_path(state), os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(fd)
+            return int(holder) if holder.isdigit() else -1
+        except OSError:
+            return None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)

@@ -24,22 +24,26 @@ whose help is in ``GROUPS``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import traceback
 from collections.abc import Sequence
 
+from .. import __version__
 from ..config import CONFIG_ENV, load
 from ..errors import ConfigError, DispatchError
-from . import deliveries, local, status, webhooks
+from . import deliveries, local, shell, status, webhooks
 from .common import (
     DEBUG_ENV,
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
+    EXIT_OK,
     EXIT_REFUSED,
     EXIT_USAGE,
     PROG,
     Command,
+    hint,
 )
 
 # -- registration ----------------------------------------------------------------------------
@@ -53,7 +57,7 @@ GROUPS: dict[str, str] = {
 #: Every command, in the order ``--help`` lists them.
 COMMANDS: tuple[Command, ...] = (
     *webhooks.COMMANDS[:1], *deliveries.COMMANDS[:1], *local.COMMANDS,
-    *webhooks.COMMANDS[1:], *deliveries.COMMANDS[1:], *status.COMMANDS,
+    *webhooks.COMMANDS[1:], *deliveries.COMMANDS[1:], *status.COMMANDS, *shell.COMMANDS,
 )
 
 
@@ -68,6 +72,7 @@ def build_parser(commands: Sequence[Command] = COMMANDS) -> argparse.ArgumentPar
         prog=PROG, description="Webhook delivery daemon of the Nevent platform.")
     parser.add_argument("--config", metavar="PATH", default=None,
                         help=f"TOML config file (default: ${CONFIG_ENV}, else built-in defaults)")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     top = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     groups: dict[str, argparse._SubParsersAction[argparse.ArgumentParser]] = {}
     for command in commands:
@@ -90,12 +95,31 @@ def build_parser(commands: Sequence[Command] = COMMANDS) -> argparse.ArgumentPar
 
 def fail(message: str) -> None:
     line = " ".join(message.split("\n"))
-    print(f"{PROG}: {line}", file=sys.stderr)
+    print(f"{PROG}: {hint(line)}", file=sys.stderr)
+
+
+#: Options whose value may look like an option: ``--since -1h`` is a duration ago.
+_DASHED_VALUES = ("--since",)
+
+
+def _join_dashed_values(argv: Sequence[str]) -> list[str]:
+    """``--since -1h`` → ``--since=-1h`` (argparse would take ``-1h`` for an option)."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] in _DASHED_VALUES and arg.startswith("-") and arg[1:2].isdigit():
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; return its exit status (usage errors exit 2 through argparse)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    if "_ARGCOMPLETE" in os.environ:  # the shell asks for completions (``completion``)
+        import argcomplete
+        argcomplete.autocomplete(parser)
+    args = parser.parse_args(_join_dashed_values(sys.argv[1:] if argv is None else argv))
     try:
         config = load(args.config)
         return int(args.handler(args, config))
@@ -106,12 +130,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         fail(str(exc))
         return EXIT_REFUSED
     except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (``| head``): what it wanted was written; say nothing more.
+        _silence_stdout()
+        return EXIT_OK
     except Exception as exc:
         if os.environ.get(DEBUG_ENV) == "1":
             traceback.print_exc()
         fail(f"internal error: {type(exc).__name__}: {exc}")
         return EXIT_INTERNAL
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's final flush of a closed pipe does
+    not print an error of its own at exit."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 if __name__ == "__main__":  # pragma: no cover

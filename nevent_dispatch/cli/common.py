@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import shutil
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -91,6 +93,71 @@ def timestamp(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
+def relative(t: float | None, current: float) -> str:
+    """A time as people read it in a terminal: '3m ago', 'in 2h', '-'."""
+    if t is None:
+        return "-"
+    delta = current - t
+    future = delta < 0
+    delta = abs(delta)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if delta >= size:
+            amount = f"{int(delta // size)}{unit}"
+            break
+    else:
+        amount = f"{int(delta)}s"
+    return f"in {amount}" if future else f"{amount} ago"
+
+
+def when(t: float | None, current: float) -> str:
+    """ISO 8601 beside the relative time: ``2026-12-02T10:30:05Z (3m ago)``."""
+    return "-" if t is None else f"{timestamp(t)} ({relative(t, current)})"
+
+
+def invocation() -> str:
+    """How this command was typed, for the hints it prints: ``nevent-dispatch`` when that
+    name on $PATH is this program, else the path as typed (``.venv/bin/nevent-dispatch``)."""
+    typed = sys.argv[0] if sys.argv and sys.argv[0] else PROG
+    if typed.endswith("__main__.py"):
+        return "python -m nevent_dispatch"
+    found = shutil.which(PROG)
+    if found and os.path.realpath(found) == os.path.realpath(typed):
+        return PROG
+    return typed if os.sep in typed else PROG
+
+
+def hint(text: str) -> str:
+    """``text`` with each `nevent-dispatch …` command written the way it was invoked."""
+    typed = invocation()
+    return text if typed == PROG else text.replace(f"`{PROG} ", f"`{typed} ")
+
+
+# -- colour: only on a terminal, never with NO_COLOR (https://no-color.org) ----------------------
+
+_COLOURS = {"green": "32", "red": "31", "yellow": "33", "blue": "34", "dim": "2", "bold": "1"}
+#: The colour of each delivery state and attempt outcome in tables.
+STATE_COLOURS = {"delivered": "green", "success": "green", "failed": "red", "rejected": "red",
+                 "pending": "yellow", "queued": "blue", "in_flight": "blue",
+                 "http_error": "red", "timeout": "red", "connection_error": "red",
+                 "tls_error": "red", "refused": "red", "gone": "red", "yes": "green"}
+
+
+def colour_enabled(stream: Any = None) -> bool:
+    stream = stream or sys.stdout
+    if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
+        return False
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+def paint(text: str, colour: str | None, *, stream: Any = None) -> str:
+    if colour is None or not colour_enabled(stream):
+        return text
+    return f"\x1b[{_COLOURS[colour]}m{text}\x1b[0m"
+
+
 def print_webhook(webhook: Webhook, config: Config) -> None:
     rate = (f"{webhook.rate_limit}/min" if webhook.rate_limit is not None
             else f"{config.rate_limit.events_per_minute}/min (default)")
@@ -114,11 +181,29 @@ def print_webhook(webhook: Webhook, config: Config) -> None:
         print(f"{label + ':':<{width}}{value}")
 
 
-def print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+def print_table(header: Sequence[str], rows: Sequence[Sequence[str]], *,
+                colour: Sequence[str] = ("STATE", "OUTCOME")) -> None:
+    """Aligned columns; on a terminal the header is bold and the ``colour`` columns take
+    their value's colour (``STATE_COLOURS``)."""
     widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=True)]
-    for row in (header, *rows):
-        line = "  ".join(f"{cell:<{width}}" for cell, width in zip(row, widths, strict=True))
-        print(line.rstrip())
+    painted = {i for i, name in enumerate(header) if name in colour}
+    print(paint("  ".join(f"{cell:<{width}}" for cell, width in zip(header, widths, strict=True))
+                .rstrip(), "bold"))
+    for row in rows:
+        cells = [f"{cell:<{width}}" for cell, width in zip(row, widths, strict=True)]
+        for i in painted:
+            cells[i] = paint(cells[i], STATE_COLOURS.get(str(row[i])))
+        print("  ".join(cells).rstrip())
+
+
+def footer(shown: int, total: int | None, more: str | None) -> None:
+    """What a list left out, on stderr (stdout stays the rows): ``50 of 518 — …``."""
+    if more is None and (total is None or shown >= total):
+        return
+    of = f"{shown} of {total}" if total is not None else f"{shown} shown"
+    how = f"--cursor {more} for the next page, --limit N for more per page" if more else \
+        "--limit N for more"
+    print(paint(f"{of} — {how}", "dim", stream=sys.stderr), file=sys.stderr)
 
 
 def read_secret(value: str | None) -> str | None:

@@ -10,22 +10,29 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .. import daemon, history, logs, registry
+from .. import daemon, history, logs, registry, statelock
 from ..config import Config
 from ..errors import ValidationError
-from ..models import Attempt, Delivery, State
+from ..models import Attempt, Delivery, State, Webhook
 from ..pipeline.attempts import send_test
+from ..pipeline.matcher import type_predicate
 from ..store.sqlite import Store
 from ..views import delivery_detail_json, delivery_json
 from .common import (
     EXIT_OK,
     EXIT_REFUSED,
+    STATE_COLOURS,
     Command,
     add_json,
     add_webhook_id,
+    footer,
+    hint,
     now,
+    paint,
     print_json,
     print_table,
+    relative,
+    when,
     with_store,
 )
 
@@ -33,22 +40,6 @@ from .common import (
 def parse_since(text: str, current: float) -> float:
     """``30m``, ``2h``, ``7d`` ago; a unix time; or an ISO 8601 date/time (``history``)."""
     return history.parse_time(text, current, "since")
-
-
-def relative(t: float | None, current: float) -> str:
-    """A time as people read it in a terminal: '3m ago', 'in 2h', '-'."""
-    if t is None:
-        return "-"
-    delta = current - t
-    future = delta < 0
-    delta = abs(delta)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if delta >= size:
-            amount = f"{int(delta // size)}{unit}"
-            break
-    else:
-        amount = f"{int(delta)}s"
-    return f"in {amount}" if future else f"{amount} ago"
 
 
 def printable(text: str) -> str:
@@ -88,24 +79,33 @@ def _args_test(parser: argparse.ArgumentParser) -> None:
 
 def _cmd_test(args: argparse.Namespace, config: Config) -> int:
     registry.validate_event_type(args.type, config.events.extra_types)
-    logs.configure(fmt=config.log.format, level="warning")
+    logs.configure(fmt=config.log.format, level="error")  # the result is printed below
 
-    async def work(store: Store) -> tuple[Delivery, Any]:
+    async def work(store: Store) -> tuple[Delivery, Any, Webhook]:
         webhook = await store.get_webhook(args.webhook_id)
-        return await send_test(config, store, webhook, args.type)
+        return (*await send_test(config, store, webhook, args.type), webhook)
 
-    delivery, result = with_store(config, work)
+    delivery, result, webhook = with_store(config, work)
     if args.json:
         print_json({**delivery_json(delivery), "latency_ms": round(result.latency_ms, 1),
                     "outcome": result.outcome.value, "response": result.response})
     else:
         status = result.status if result.status is not None else result.outcome.value
-        print(f"sent test {args.type} to {args.webhook_id}: {status} in "
+        ok = delivery.state is State.DELIVERED
+        shape = " (as a batch of one: the webhook is in batch mode)" if webhook.batch else ""
+        print(f"sent test {args.type} to {args.webhook_id}{shape}: "
+              f"{paint(str(status), 'green' if ok else 'red')} in "
               f"{result.latency_ms:.0f} ms (delivery {delivery.uuid})")
+        if not type_predicate(webhook.events)(args.type):
+            print(f"note: {args.webhook_id} is not subscribed to {args.type} "
+                  f"(events: {', '.join(webhook.events)}); real ones will not be sent to it")
         if result.error:
-            print(f"error: {result.error}")
+            print(f"error: {printable(result.error)}")
+            if "private" in result.error and not config.delivery.allow_private_networks:
+                print("hint: local receivers need delivery.allow_private_networks = true "
+                      "(and allow_http for http://) in the config file")
         if result.response:
-            print(f"response: {result.response[:200]}")
+            print(f"response: {printable(result.response[:200])}")
     return EXIT_OK if delivery.state is State.DELIVERED else EXIT_REFUSED
 
 
@@ -128,39 +128,60 @@ def _cmd_replay(args: argparse.Namespace, config: Config) -> int:
 
     active, count = with_store(config, work)
     if args.json:
-        print_json({"webhook_id": args.webhook_id, "requeued": count, "webhook_active": active})
+        print_json({"webhook_id": args.webhook_id, "requeued": count, "webhook_active": active,
+                    "daemon_running": _daemon_pid(config) is not None})
+    elif count == 0:
+        print(f"no {args.status} deliveries of {args.webhook_id}"
+              f"{' since ' + args.since if args.since else ''}: nothing requeued")
     else:
         print(f"requeued {count} {args.status} deliveries of {args.webhook_id} "
-              f"(same delivery ids; {_when_sent(active, 'them')})")
+              f"(same delivery ids); {_when_sent(config, active, 'they')}")
     return EXIT_OK
 
 
-def _when_sent(active: bool, what: str) -> str:
-    """When requeued work goes out: only active webhooks receive anything."""
-    if active:
-        return f"the running daemon sends {what} now"
-    return f"the webhook is disabled: {what} will be sent once it is enabled"
+def _daemon_pid(config: Config) -> int | None:
+    return statelock.running_pid(config.database.state)
+
+
+def _when_sent(config: Config, active: bool, what: str) -> str:
+    """When requeued work goes out (``what``: "it" or "they"): only active webhooks receive
+    anything, and only while a daemon runs."""
+    if not active:
+        return f"the webhook is disabled: {what} will be sent once it is enabled"
+    pid = _daemon_pid(config)
+    if pid is None:
+        return hint(f"no daemon is running: {what} will be sent when "
+                    "`nevent-dispatch run` starts")
+    return f"the running daemon (pid {pid}) sends {'it' if what == 'it' else 'them'} now"
 
 
 # -- deliveries ------------------------------------------------------------------------------------
 
 
 def _args_list(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--org", metavar="ORG", help="only this organization's deliveries")
     parser.add_argument("--webhook", metavar="ID", help="only this webhook's deliveries")
     parser.add_argument("--status", choices=[s.value for s in State], help="only this state")
+    parser.add_argument("--type", metavar="TYPE", help="only this event type (batch: 'batch')")
+    parser.add_argument("--event", metavar="EVT", help="only the deliveries of this event id")
     parser.add_argument("--since", metavar="T", help="created since T (30m, 2h, 7d, date)")
-    parser.add_argument("--limit", type=int, default=50, metavar="N", help="at most N (default 50)")
+    parser.add_argument("--limit", type=int, default=50, metavar="N",
+                        help=f"at most N (default 50, up to {history.MAX_LIMIT})")
+    parser.add_argument("--cursor", metavar="C", help="the next page, as the footer says")
     add_json(parser)
 
 
 def _cmd_list(args: argparse.Namespace, config: Config) -> int:
     current = now()
-    if args.limit < 1:
-        raise ValidationError(f"limit: must be >= 1, got {args.limit}")
+    if not 1 <= args.limit <= history.MAX_LIMIT:
+        raise ValidationError(f"limit: must be 1..{history.MAX_LIMIT}, got {args.limit}")
+    if args.org is not None:
+        registry.validate_org(args.org)
     since = parse_since(args.since, current) if args.since else None
     page = with_store(config, lambda store: history.list_deliveries(
-        store, webhook_id=args.webhook, status=args.status, since=since,
-        limit=min(args.limit, history.MAX_LIMIT)))
+        store, organization_id=args.org, webhook_id=args.webhook, status=args.status,
+        event_type=args.type, event_id=args.event, since=since, limit=args.limit,
+        cursor=args.cursor))
     deliveries = page.deliveries
     if args.json:
         print_json([delivery_json(d) for d in deliveries])
@@ -171,8 +192,9 @@ def _cmd_list(args: argparse.Namespace, config: Config) -> int:
     print_table(
         ("ID", "DELIVERY", "WEBHOOK", "TYPE", "EVENTS", "STATE", "TRIES", "LAST", "CREATED", "NEXT"),
         [(str(d.id), d.uuid, d.webhook_id or "-", d.event_type, str(d.event_count), d.state.value,
-          str(d.attempts), _last(d), relative(d.created_at, current),
+          str(d.attempts), _last(d), when(d.created_at, current),
           relative(d.next_at, current)) for d in deliveries])
+    footer(len(deliveries), None, page.next_cursor)
     return EXIT_OK
 
 
@@ -196,9 +218,10 @@ def _cmd_show(args: argparse.Namespace, config: Config) -> int:
             ("webhook", delivery.webhook_id or "- (rejected before matching)"),
             ("kind", delivery.kind.value), ("type", delivery.event_type),
             ("event", delivery.event_id or f"{delivery.event_count} events"),
-            ("state", delivery.state.value), ("attempts", str(delivery.attempts)),
-            ("created", relative(delivery.created_at, current)),
-            ("next attempt", relative(delivery.next_at, current))]
+            ("state", paint(delivery.state.value, STATE_COLOURS.get(delivery.state.value))),
+            ("attempts", str(delivery.attempts)),
+            ("created", when(delivery.created_at, current)),
+            ("next attempt", when(delivery.next_at, current))]
     if delivery.last_error:
         rows.append(("last error", printable(delivery.last_error)))
     width = max(len(label) for label, _ in rows) + 2
@@ -211,7 +234,7 @@ def _cmd_show(args: argparse.Namespace, config: Config) -> int:
     if attempts:
         print("\nattempts:")
         print_table(("#", "WHEN", "OUTCOME", "STATUS", "LATENCY", "ERROR", "RESPONSE"),
-                    [(str(a.number), relative(a.started_at, current), a.outcome.value,
+                    [(str(a.number), when(a.started_at, current), a.outcome.value,
                       "-" if a.status is None else str(a.status), f"{a.latency_ms:.0f} ms",
                       printable(a.error or "-"), printable((a.response or "-").replace("\n", " "))[:60])
                      for a in attempts])
@@ -225,7 +248,8 @@ def _cmd_retry(args: argparse.Namespace, config: Config) -> int:
     if args.json:
         print_json({"id": delivery.id, "delivery_id": delivery.uuid, "requeued": True})
     else:
-        print(f"requeued delivery {delivery.id} ({delivery.uuid}); {_when_sent(active, 'it')}")
+        print(f"requeued delivery {delivery.id} ({delivery.uuid}); "
+              f"{_when_sent(config, active, 'it')}")
     return EXIT_OK
 
 

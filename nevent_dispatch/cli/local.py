@@ -14,6 +14,7 @@ import io
 import shutil
 import socket
 import sqlite3
+import sys
 from pathlib import Path
 
 import orjson
@@ -23,6 +24,7 @@ from ..catalog import EVENT_TYPES
 from ..config import Config
 from ..errors import DispatchError, ValidationError
 from ..pipeline.dispatcher import Dispatcher
+from ..pipeline.matcher import type_predicate
 from ..publish import publish
 from ..store.sqlite import Store
 from ..wire.samples import sample_data
@@ -41,6 +43,9 @@ def _args_emit(parser: argparse.ArgumentParser) -> None:
 def _cmd_emit(args: argparse.Namespace, config: Config) -> int:
     if not 1 <= args.count <= 10_000_000:
         raise ValidationError(f"count: must be 1..10000000, got {args.count}")
+    # A typo would be delivered to every '*' webhook; types beyond the 17 go in events.extra_types.
+    registry.validate_event_type(args.type, config.events.extra_types)
+    registry.validate_org(args.org)
     if args.data is None:
         data = sample_data(args.type)
     else:
@@ -49,7 +54,7 @@ def _cmd_emit(args: argparse.Namespace, config: Config) -> int:
         except orjson.JSONDecodeError as exc:
             raise ValidationError(f"data: not valid JSON: {exc}") from None
     # The outbox table must exist: `init` creates it. Refused, never migrated, if it has not run.
-    asyncio.run(_check_initialised(config))
+    receivers = asyncio.run(_active_webhooks(config, args.org, args.type))
     conn = sqlite3.connect(config.database.outbox, timeout=config.database.busy_timeout)
     try:
         ids = []
@@ -58,18 +63,37 @@ def _cmd_emit(args: argparse.Namespace, config: Config) -> int:
                 ids.append(publish(conn, args.type, args.org, data))
     finally:
         conn.close()
+    event_ids = asyncio.run(_event_ids(config, ids[0], ids[-1]))
     if args.json:
         print_json({"type": args.type, "organization_id": args.org, "outbox_ids": ids[:1000],
-                    "count": len(ids)})
-    else:
-        shown = f"outbox id {ids[0]}" if len(ids) == 1 else f"outbox ids {ids[0]}..{ids[-1]}"
-        print(f"emitted {len(ids)} {args.type} for {args.org} ({shown})")
+                    "event_ids": event_ids, "count": len(ids), "active_webhooks": receivers})
+        return EXIT_OK
+    shown = (f"{event_ids[0]}, outbox id {ids[0]}" if len(ids) == 1 else
+             f"{event_ids[0]}..{event_ids[-1]}, outbox ids {ids[0]}..{ids[-1]}")
+    print(f"emitted {len(ids)} {args.type} for {args.org} ({shown})")
+    if not receivers:
+        print(f"warning: no active webhook of {args.org} receives {args.type}: nothing will be "
+              "sent (webhooks receive only what is emitted while they are active)",
+              file=sys.stderr)
     return EXIT_OK
 
 
-async def _check_initialised(config: Config) -> None:
+async def _active_webhooks(config: Config, org: str, event_type: str) -> list[str]:
+    """The ids of the organization's active webhooks subscribed to ``event_type``."""
     store = await Store.open(config, migrate=False)
-    await store.close()
+    try:
+        webhooks = await store.list_webhooks(org)
+    finally:
+        await store.close()
+    return [w.id for w in webhooks if w.active and type_predicate(w.events)(event_type)]
+
+
+async def _event_ids(config: Config, first: int, last: int) -> list[str]:
+    store = await Store.open(config, migrate=False)
+    try:
+        return await store.outbox_event_ids(first, last)
+    finally:
+        await store.close()
 
 
 def _args_listen(parser: argparse.ArgumentParser) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 import orjson
 
@@ -16,10 +17,10 @@ from ..store.sqlite import Store
 from ..views import webhook_json
 from .common import (
     EXIT_OK,
-    PROG,
     Command,
     add_json,
     add_webhook_id,
+    invocation,
     now,
     print_json,
     print_table,
@@ -83,8 +84,8 @@ def _cmd_webhooks_create(args: argparse.Namespace, config: Config) -> int:
         print(f"secret: {generated} (shown once: store it now)")
     else:
         print(f"secret: {registry.mask_secret(webhook.secret)} (as given)")
-    print(f"send a test event:  {PROG} webhooks test {webhook.id}")
-    print(f"then enable it:     {PROG} webhooks enable {webhook.id}")
+    print(f"send a test event:  {invocation()} webhooks test {webhook.id}")
+    print(f"then enable it:     {invocation()} webhooks enable {webhook.id}")
     return EXIT_OK
 
 
@@ -160,7 +161,9 @@ _UPDATE_OPTIONS = (("url", "url"), ("name", "name"), ("secret", "secret"), ("eve
 
 
 def _cmd_webhooks_update(args: argparse.Namespace, config: Config) -> int:
-    if all(getattr(args, dest) in (None, False) for dest, _ in _UPDATE_OPTIONS):
+    # None is "not given"; False is an answer (--no-batch) unless the option is a switch.
+    if all(getattr(args, dest) is None or (dest.startswith("clear_") and not getattr(args, dest))
+           for dest, _ in _UPDATE_OPTIONS):
         raise ValidationError("update: nothing to change (give --url, --name, --secret, --events, "
                               "--filter, --batch, --retries, --rate-limit or their opposites)")
     secret = read_secret(args.secret)
@@ -220,7 +223,28 @@ def _cmd_webhooks_disable(args: argparse.Namespace, config: Config) -> int:
     return _set_active(args, config, False)
 
 
+def _args_webhooks_delete(parser: argparse.ArgumentParser) -> None:
+    _args_webhook_id_json(parser)
+    parser.add_argument("--yes", "-y", action="store_true",
+                        help="do not ask for confirmation (needed when stdin is not a terminal)")
+
+
+def _confirm_delete(args: argparse.Namespace, config: Config) -> None:
+    """Ask on a terminal; refuse without --yes elsewhere (a script must say it means it)."""
+    if args.yes:
+        return
+    webhook = with_store(config, lambda store: store.get_webhook(args.webhook_id))
+    if not sys.stdin.isatty():
+        raise ValidationError(f"delete: {webhook.id} ({webhook.name}) is not deleted without "
+                              "--yes when stdin is not a terminal")
+    answer = input(f"delete webhook {webhook.id} ({webhook.name}, {webhook.url}) of "
+                   f"{webhook.organization_id}? Its history is kept. [y/N] ")
+    if answer.strip().lower() not in ("y", "yes"):
+        raise ValidationError(f"delete: {webhook.id} kept (answer y to delete)")
+
+
 def _cmd_webhooks_delete(args: argparse.Namespace, config: Config) -> int:
+    _confirm_delete(args, config)
     webhook = with_store(config, lambda store: registry.delete(store, args.webhook_id, now()))
     if args.json:
         print_json({"deleted": webhook.id})
@@ -245,5 +269,5 @@ COMMANDS: tuple[Command, ...] = (
     Command(("webhooks", "disable"), "stop sending events to a webhook", _cmd_webhooks_disable,
             _args_webhook_id_json),
     Command(("webhooks", "delete"), "remove a webhook (its history stays)",
-            _cmd_webhooks_delete, _args_webhook_id_json),
+            _cmd_webhooks_delete, _args_webhooks_delete),
 )

@@ -13,10 +13,12 @@ from typing import Any
 import orjson
 
 from .. import logs
+from ..catalog import BATCH_TYPE
 from ..clock import SYSTEM, Clock
 from ..config import Config
 from ..models import TRANSITIONS, Delivery, Kind, Outcome, State, Webhook, check_transition
 from ..store.sqlite import Finish, Row, Store
+from ..wire.envelope import batch_body
 from . import retry
 from .lanes import Job
 from .sender import Result, Sender, make_session
@@ -72,10 +74,11 @@ def result_rows(job: Job, result: Result, state: State, next_at: float | None, r
 
 def log_attempt(job: Job, webhook_id: str, result: Result, state: State,
                 next_at: float | None) -> None:
-    """The one canonical line per attempt."""
-    if not logs.enabled("info"):
+    """The one canonical line per attempt: info when it succeeded, warning when it did not."""
+    level = "info" if result.outcome is Outcome.SUCCESS else "warning"
+    if not logs.enabled(level):
         return
-    log.info("attempt", event_id=job.event_id, delivery_id=job.uuid, webhook_id=webhook_id,
+    getattr(log, level)("attempt", event_id=job.event_id, delivery_id=job.uuid, webhook_id=webhook_id,
              event_type=job.event_type, events=job.event_count, attempt=job.attempts + 1,
              status=result.status, latency_ms=round(result.latency_ms, 1),
              outcome=result.outcome.value, state=state.value, error=result.error,
@@ -142,8 +145,9 @@ async def send_test(config: Config, store: Store, webhook: Webhook, event_type: 
                     clock: Clock = SYSTEM) -> tuple[Delivery, Result]:
     """Send a sample event to one webhook now (active or not), recorded in its history.
 
-    It goes through the same sender, signing and recording as real events; it is
-    attempted once and never retried.
+    It goes through the same sender, signing and recording as real events, in the
+    body the webhook receives (a batch of one for a batch webhook); it is attempted
+    once and never retried.
     """
     from ..wire.samples import sample_envelope
 
@@ -152,6 +156,9 @@ async def send_test(config: Config, store: Store, webhook: Webhook, event_type: 
     if len(body) > config.delivery.max_payload_bytes:  # pragma: no cover - samples are small
         raise ValueError("sample event larger than delivery.max_payload_bytes")
     envelope = orjson.loads(body)
+    header_type = event_type
+    if webhook.batch:  # what the webhook will receive: a batch body, here of one event
+        body, header_type = batch_body([body]), BATCH_TYPE
     row = new_delivery_row(webhook_id=webhook.id, kind=Kind.TEST, event_type=event_type,
                            event_id=envelope["id"], outbox_id=None, event_count=1,
                            state=State.QUEUED, now=now, body=body,
@@ -160,7 +167,7 @@ async def send_test(config: Config, store: Store, webhook: Webhook, event_type: 
     job = Job(delivery_id, row[0], Kind.TEST, event_type, envelope["id"], body, 1, 0, 0)
     async with make_session(config.delivery) as session:
         result = await Sender(session, config.delivery, clock).send(
-            url=webhook.url, secret=webhook.secret, body=body, event_type=event_type,
+            url=webhook.url, secret=webhook.secret, body=body, event_type=header_type,
             delivery_uuid=job.uuid)
     state, next_at, retry_base = settle(job, webhook, result, config)
     attempt, finish = result_rows(job, result, state, next_at, retry_base, clock.time())

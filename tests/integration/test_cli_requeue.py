@@ -39,8 +39,7 @@ def test_retry_on_a_disabled_webhook_says_it_waits_for_enable(tmp_path):
     assert "will be sent once it is enabled" in retried.stdout
 
     replayed = _cli(config, "webhooks", "replay", webhook_id, "--status", "failed")
-    assert replayed.returncode == 0 and "requeued 0" in replayed.stdout
-    assert "will be sent once it is enabled" in replayed.stdout
+    assert replayed.returncode == 0 and "nothing requeued" in replayed.stdout
 
 
 def test_a_test_send_is_never_retried(tmp_path):

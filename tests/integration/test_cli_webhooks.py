@@ -221,7 +221,7 @@ def test_enable_disable_and_delete_say_what_they_did(cli: Cli) -> None:
     assert disabled.returncode == 0, disabled.stderr
     assert disabled.stdout.startswith(f"disabled webhook {webhook_id}")
 
-    deleted = cli("webhooks", "delete", webhook_id)
+    deleted = cli("webhooks", "delete", webhook_id, "--yes")
     assert deleted.returncode == 0, deleted.stderr
     assert deleted.stdout.startswith(f"deleted webhook {webhook_id}")
     line = one_line_error(cli("webhooks", "show", webhook_id), 1)
@@ -274,8 +274,8 @@ def test_missing_config_file_exits_2(tmp_path: Path, raw_cli: Cli) -> None:
     """--config naming a file that does not exist is a one-line error."""
     missing = tmp_path / "nope.toml"
     line = one_line_error(raw_cli("--config", str(missing), "init"), 2)
-    assert line == (
-        f"nevent-dispatch: config: cannot read {str(missing)!r}: No such file or directory")
+    assert line.startswith(f"nevent-dispatch: config: cannot read {str(missing)!r} (from --config")
+    assert line.endswith(": No such file or directory")
 
 
 def test_missing_required_option_is_a_usage_error(cli: Cli) -> None:

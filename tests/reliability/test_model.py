@@ -377,7 +377,7 @@ class DeliveryModel(RuleBasedStateMachine):
     @step
     def delete(self, hook: ms.Webhook | None) -> None:
         if hook is not None:
-            self.hook_state(hook, "deleted", "webhooks", "delete", hook.id)
+            self.hook_state(hook, "deleted", "webhooks", "delete", hook.id, "--yes")
             self.record.log(f"delete {hook.key}")
 
     @rule(hook=webhooks, rate_limit=st.none() | st.integers(30, 120))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -119,7 +120,8 @@ def test_unreadable_file_is_a_one_line_error_naming_the_path(tmp_path: Path) -> 
     missing = tmp_path / "missing.toml"
     with pytest.raises(ConfigError) as info:
         load(missing)
-    assert str(info.value) == f"config: cannot read {str(missing)!r}: No such file or directory"
+    assert str(info.value) == (f"config: cannot read {str(missing)!r} (from --config, cwd "
+                               f"{os.getcwd()}): No such file or directory")
 
 
 def test_directory_instead_of_a_file_is_a_one_line_error(tmp_path: Path) -> None:
@@ -173,3 +175,31 @@ def test_retention_durations_parse_to_seconds(write_config: WriteConfig) -> None
     config = load(write_config('[retention]\noutbox = "1d"\n[delivery]\nretry_schedule = [60]\n'))
     assert config.retention.outbox == "1d"
     assert load(write_config("")).log.format == "auto"
+
+
+def test_paths_in_a_config_file_are_relative_to_its_folder(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A config means the same from any working directory; left-out keys keep ./var."""
+    folder = tmp_path / "etc"
+    folder.mkdir()
+    (folder / "dev.toml").write_text('[database]\nstate = "data/state.db"\n'
+                                     'outbox = "/abs/nevent.db"\n')
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    config = load(folder / "dev.toml")
+    assert config.database.state == folder / "data" / "state.db"
+    assert config.database.outbox == Path("/abs/nevent.db")
+    assert load(folder / "dev.toml").api.token_file is None
+    (folder / "other.toml").write_text("[log]\nlevel = \"debug\"\n")
+    assert load(folder / "other.toml").database.state == Path("var/dispatch.db")
+
+
+def test_a_key_outside_any_table_says_where_it_belongs(write_config: WriteConfig) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(write_config("timeout = 5\n"))
+    assert str(info.value).startswith(
+        "timeout: a key outside any table; it belongs under [delivery]: [delivery] timeout = ...")
+    with pytest.raises(ConfigError) as info:
+        load(write_config("nonsense = 5\n"))
+    assert str(info.value).startswith("nonsense: a key outside any table (tables: database,")

@@ -187,6 +187,10 @@ class Store:
         self._wait_on_storage = wait_on_storage
         #: While a write is refused by the storage (disk full, locked): why, for health checks.
         self.storage_problem: str | None = None
+        #: Since when (monotonic) the write under way has been trying (None: no write is),
+        #: and when the last one committed: a locked database shows here first.
+        self.write_since: float | None = None
+        self.last_write_at = 0.0
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -199,6 +203,11 @@ class Store:
         daemon), instead of raising ``StoreError`` (the CLI).
         """
         db = config.database
+        if not migrate:  # nothing is created where no `init` ran (a command in a wrong folder)
+            for key, path in (("state", db.state), ("outbox", db.outbox)):
+                if not Path(path).exists():
+                    raise StoreError(f"database.{key}: {os.path.abspath(path)} does not exist; "
+                                     "run `nevent-dispatch init` to create the databases")
         opened: list[aiosqlite.Connection] = []
         try:
             for path in (db.state, db.state, db.outbox):
@@ -281,27 +290,32 @@ class Store:
         """
         tries = 0
         async with self._write_lock:
-            while True:
-                try:
-                    result = await self._attempt_transaction(work)
-                except sqlite3.Error as exc:
-                    cause = _transient(exc)
-                    path = str(self.config.database.state)
-                    if cause is None or not self._wait_on_storage:
-                        raise StoreError(f"database.state: cannot write {path!r}: {exc}") from None
-                    delay = STORAGE_BACKOFF[min(tries, len(STORAGE_BACKOFF) - 1)]
-                    tries += 1
-                    if self.storage_problem is None or tries in (2, 10) or tries % 60 == 0:
-                        log.error("state_write_failed", file=path, cause=cause, tries=tries,
-                                  retry_in_s=delay)
-                    self.storage_problem = f"{path}: {cause}"
-                    await asyncio.sleep(delay)
-                    continue
-                if self.storage_problem is not None:
-                    log.info("state_write_recovered", file=str(self.config.database.state),
-                             tries=tries + 1)
-                    self.storage_problem = None
-                return result
+            self.write_since = time.monotonic()
+            try:
+                while True:
+                    try:
+                        result = await self._attempt_transaction(work)
+                    except sqlite3.Error as exc:
+                        cause = _transient(exc)
+                        path = str(self.config.database.state)
+                        if cause is None or not self._wait_on_storage:
+                            raise StoreError(f"database.state: cannot write {path!r}: {exc}") from None
+                        delay = STORAGE_BACKOFF[min(tries, len(STORAGE_BACKOFF) - 1)]
+                        tries += 1
+                        if self.storage_problem is None or tries in (2, 10) or tries % 60 == 0:
+                            log.error("state_write_failed", file=path, cause=cause, tries=tries,
+                                      retry_in_s=delay)
+                        self.storage_problem = f"{path}: {cause}"
+                        await asyncio.sleep(delay)
+                        continue
+                    if self.storage_problem is not None:
+                        log.info("state_write_recovered", file=str(self.config.database.state),
+                                 tries=tries + 1)
+                        self.storage_problem = None
+                    self.last_write_at = time.monotonic()
+                    return result
+            finally:
+                self.write_since = None
 
     async def _attempt_transaction(self, work: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
         db = self._state
@@ -359,9 +373,10 @@ class Store:
             await db.execute(Q["forget_waiting"], (webhook_id,))
         await self._transact(work)
 
-    async def fail_orphans(self, webhook_id: str, now: float) -> None:
-        """Fail a deleted webhook's waiting deliveries (those released after the delete)."""
-        await self._run(Q["fail_orphans"], (now, webhook_id))
+    async def fail_orphans(self, webhook_id: str, now: float) -> int:
+        """Fail a deleted webhook's waiting deliveries (those released after the delete);
+        how many."""
+        return await self._run(Q["fail_orphans"], (now, webhook_id))
 
     async def get_webhook(self, webhook_id: str) -> Webhook:
         cur = await self._read.execute(Q["get_webhook"], (webhook_id,))
@@ -456,6 +471,11 @@ class Store:
     async def outbox_max_id(self) -> int:
         row = await (await self._outbox.execute(Q["outbox_max_id"])).fetchone()
         return int(row[0]) if row else 0
+
+    async def outbox_event_ids(self, first: int, last: int, limit: int = 1000) -> list[str]:
+        """The event ids of outbox rows ``first``..``last`` (at most ``limit``)."""
+        rows = await self._outbox.execute_fetchall(Q["outbox_event_ids"], (first, last, limit))
+        return [bytes(r[0]).decode() if isinstance(r[0], bytes) else r[0] for r in rows]
 
     async def cursor(self) -> int:
         return int(await self._one(Q["get_meta"], ("cursor",)))
@@ -708,3 +728,33 @@ class Store:
     async def counts_by_state(self) -> dict[str, int]:
         cur = await self._read.execute(Q["count_by_state"])
         return {state: count for state, count in await cur.fetchall()}
+
+    # -- operations: figures of the metrics, health and status ------------------------------
+
+    async def retries_by_webhook(self, now: float) -> list[tuple[str, int, float]]:
+        """(webhook id, deliveries waiting for a later attempt, the earliest due time) of each
+        webhook that has some after ``now``."""
+        rows = await self._read.execute_fetchall(Q["retries_by_webhook"], (now,))
+        return [(r[0], int(r[1]), float(r[2])) for r in rows]
+
+    async def failing_webhooks(self, now: float) -> list[str]:
+        """The webhooks with a delivery waiting for a later attempt after ``now``."""
+        return [r[0] for r in await self._read.execute_fetchall(Q["failing_webhooks"], (now,))]
+
+    async def oldest_due(self, now: float) -> float | None:
+        """When the oldest work still to be done (of active webhooks) fell due, if by ``now``."""
+        value = await self._one(Q["oldest_due"], (now,))
+        return None if value is None else float(value)
+
+    async def webhook_counts(self) -> dict[str, int]:
+        """Webhooks by status: active, inactive (never enabled or changed), disabled."""
+        counts = dict.fromkeys(("active", "inactive", "disabled"), 0)
+        counts.update({s: int(n) for s, n in await self._read.execute_fetchall(Q["webhook_counts"])})
+        return counts
+
+    async def probe_write(self) -> None:
+        """An empty write transaction: does the state database take writes? (health checks;
+        the daemon's store waits, like any write, until it does)."""
+        async def work(db: aiosqlite.Connection) -> None:
+            return None
+        await self._transact(work)

@@ -15,6 +15,10 @@ FROM outbox WHERE id > ? AND id <= ? ORDER BY id;
 -- The newest outbox id (for the backlog figure in logs and status).
 SELECT coalesce(max(id), 0) FROM outbox;
 
+-- name: outbox_event_ids
+-- The event ids of a range of outbox rows (what `emit` inserted), in id order.
+SELECT event_id FROM outbox WHERE id BETWEEN ? AND ? ORDER BY id LIMIT ?;
+
 -- name: has_meta
 -- Whether the state schema exists (a database never initialised has no tables).
 SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'meta';
@@ -223,6 +227,44 @@ SELECT * FROM attempts WHERE delivery_id = ? ORDER BY number, id;
 -- name: count_by_state
 -- How many deliveries are in each state.
 SELECT state, count(*) FROM deliveries GROUP BY state;
+
+-- name: retries_by_webhook
+-- Per webhook, its deliveries waiting for a later attempt (pending and due after a time: a
+-- retry, or a pause asked for by Retry-After) and the earliest of them. The webhooks are the
+-- outer loop, each a range of deliveries_pending: the pending backlog due now is not walked.
+SELECT w.id, count(*), min(d.next_at)
+FROM webhooks w CROSS JOIN deliveries d INDEXED BY deliveries_pending
+WHERE d.webhook_id = w.id AND d.state = 'pending' AND d.next_at > ?
+GROUP BY w.id;
+
+-- name: failing_webhooks
+-- The webhooks with a delivery waiting for a later attempt (failing, or asked to wait): one
+-- seek of deliveries_pending each, however many retries wait.
+SELECT w.id FROM webhooks w
+WHERE EXISTS (SELECT 1 FROM deliveries d
+              WHERE d.webhook_id = w.id AND d.state = 'pending' AND d.next_at > ?);
+
+-- name: oldest_due
+-- When the oldest work still to be done fell due, if it has by a time: the earliest pending
+-- delivery of each active webhook (one seek of deliveries_pending each; a disabled webhook's
+-- work is not due), and the queued and in-flight deliveries with the lowest ids (a seek of
+-- deliveries_state each), since they were taken.
+SELECT min(t) FROM (
+    SELECT (SELECT min(d.next_at) FROM deliveries d
+            WHERE d.webhook_id = w.id AND d.state = 'pending') AS t
+    FROM webhooks w WHERE w.active = 1
+    UNION ALL
+    SELECT * FROM (SELECT updated_at FROM deliveries WHERE state = 'queued' ORDER BY id LIMIT 1)
+    UNION ALL
+    SELECT * FROM (SELECT updated_at FROM deliveries WHERE state = 'in_flight' ORDER BY id LIMIT 1)
+) WHERE t <= ?;
+
+-- name: webhook_counts
+-- Webhooks by status: active; inactive and unchanged since created (waiting for their first
+-- enable); inactive and changed since (disabled, or edited before a first enable).
+SELECT CASE WHEN active THEN 'active' WHEN updated_at = created_at THEN 'inactive'
+            ELSE 'disabled' END, count(*)
+FROM webhooks GROUP BY 1;
 
 -- name: delivery_body
 -- The stored body of a test delivery (other kinds are rebuilt from the outbox).
