@@ -174,7 +174,8 @@ def page(*, command: str, facts: Sequence[tuple[str, str]], figures: Sequence[Fi
     out += [f"- **{name}:** {value}" for name, value in facts]
     out += ["", "## How to run", "", "```", command, "```", "",
             "from the repository root, with the project's virtualenv (`python bench/run.py`",
-            "is the same). `--help` lists the sizes and options: `--smoke` is the CI size",
+            "is the same). It prints the figures; `--write-docs` also writes this page.",
+            "`--help` lists the sizes and options: `--smoke` is the CI size",
             "(under 30 s), `--only` picks figures, `--set TABLE.KEY=VALUE` changes a daemon",
             "setting in every run (e.g. `outbox.poll_interval=0.005`), and `--profile PATH`",
             "adds one drain under py-spy when it is installed. It uses `trustme` (the `test`",
@@ -197,7 +198,7 @@ def page(*, command: str, facts: Sequence[tuple[str, str]], figures: Sequence[Fi
 
 
 def command_line(argv: Sequence[str]) -> str:
-    shown = ["python -m bench", *argv]
+    shown = ["python", "-m", "bench", *argv]
     return " ".join(a if a and " " not in a else repr(a) for a in shown)
 
 

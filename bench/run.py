@@ -1,4 +1,5 @@
-"""``python -m bench`` / ``python bench/run.py``: run the figures, print and write the table.
+"""``python -m bench`` / ``python bench/run.py``: run the figures and print the table (and,
+with ``--write-docs``, write it to docs/performance.md).
 
 Owns the command line, the sizes (full and ``--smoke``), the order of the
 rounds (each round: the bare client, then every selected figure, so figures
@@ -90,8 +91,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="TABLE.KEY=VALUE",
                    help="set a daemon config key in every run, VALUE in TOML "
                         "(e.g. outbox.poll_interval=0.005); repeatable")
-    p.add_argument("--output", default=str(DEFAULT_OUTPUT), metavar="PATH",
-                   help="where to write the page ('-': nowhere)")
+    p.add_argument("--write-docs", action="store_true",
+                   help=f"write the page to {DEFAULT_OUTPUT} (without it the figures are only "
+                        "printed)")
+    p.add_argument("--output", default=None, metavar="PATH",
+                   help="write the page to PATH instead ('-': nowhere)")
     p.add_argument("--workdir", type=Path, help="scratch directory (default: a new temporary one)")
     p.add_argument("--keep", action="store_true", help="keep the scratch files and databases")
     p.add_argument("--profile", type=Path, metavar="PATH",
@@ -265,7 +269,11 @@ def _publish(args: argparse.Namespace, argv: list[str], bench: Bench, version: s
         print("\nobservations:")
         for note in bench.notes:
             print(f"- {note}")
+    if args.output is None:
+        args.output = str(DEFAULT_OUTPUT) if args.write_docs else "-"
     if not write or args.output == "-":
+        if not args.write_docs:
+            print(f"\n(printed only: --write-docs writes {DEFAULT_OUTPUT})")
         return
     facts = report.machine(bench.fast.label if bench.fast is not bench.sink
                            else "aiohttp fallback", bench.cores.describe())

@@ -15,7 +15,8 @@ import contextlib
 import gc
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from .config import Config
 from .logs import get_logger
@@ -56,7 +57,10 @@ def stop_on_signals(loop: asyncio.AbstractEventLoop, dispatcher: Dispatcher) -> 
             loop.remove_signal_handler(signum)
 
 
-async def serve(config: Config, *, until_idle: bool = False, api: bool = True) -> None:
+async def serve(config: Config, *, until_idle: bool = False, api: bool = True,
+                max_wait: float | None = None,
+                on_waiting: Callable[[dict[str, Any]], None] | None = None,
+                ) -> dict[str, Any] | None:
     """Lock the state, open the databases, serve the API, deliver until stopped, close
     everything in order (the API first: no change arrives for a pipeline that is gone)."""
     # Before the databases are opened: a second daemon must not even migrate them.
@@ -65,6 +69,7 @@ async def serve(config: Config, *, until_idle: bool = False, api: bool = True) -
         server = None
         try:
             dispatcher = Dispatcher(config, store)
+            dispatcher.max_wait, dispatcher.on_waiting = max_wait, on_waiting
             if api and config.api.listen:
                 from .api.app import ApiServer, Pipeline  # aiohttp's server: the daemon's only
                 server = ApiServer(config, Pipeline(dispatcher.watcher.catch_up,
@@ -80,6 +85,8 @@ async def serve(config: Config, *, until_idle: bool = False, api: bool = True) -
                 await server.stop()
             await store.close()
             log.info("daemon_stopped")
+    # An until-idle run whose max_wait ran out: what was left (None when it finished).
+    return dispatcher.timed_out
 
 
 def tune_gc() -> None:
@@ -94,12 +101,16 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-def run(config: Config, *, until_idle: bool = False, api: bool = True) -> None:
-    """Run the daemon on uvloop's event loop."""
+def run(config: Config, *, until_idle: bool = False, api: bool = True,
+        max_wait: float | None = None,
+        on_waiting: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any] | None:
+    """Run the daemon on uvloop's event loop; an until-idle run whose ``max_wait`` ran out
+    returns what was left."""
     tune_gc()
+    main = serve(config, until_idle=until_idle, api=api, max_wait=max_wait,
+                 on_waiting=on_waiting)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on every supported platform
-        asyncio.run(serve(config, until_idle=until_idle, api=api))
-        return
-    uvloop.run(serve(config, until_idle=until_idle, api=api))
+        return asyncio.run(main)
+    return uvloop.run(main)

@@ -8,11 +8,12 @@ over to ``daemon.py`` and ``webhooks test`` to ``dispatcher.send_test``.
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from .. import daemon, history, logs, registry, statelock
-from ..config import Config
-from ..errors import ValidationError
+from ..config import Config, parse_duration
+from ..errors import ConfigError, ValidationError
 from ..models import Attempt, Delivery, State, Webhook
 from ..pipeline.attempts import send_test
 from ..pipeline.matcher import type_predicate
@@ -21,6 +22,7 @@ from ..views import delivery_detail_json, delivery_json
 from .common import (
     EXIT_OK,
     EXIT_REFUSED,
+    PROG,
     STATE_COLOURS,
     Command,
     add_json,
@@ -59,12 +61,48 @@ def _last(d: Delivery) -> str:
 def _args_run(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--until-idle", action="store_true",
                         help="exit once every event is delivered, failed or rejected")
+    parser.add_argument("--max-wait", metavar="T",
+                        help="with --until-idle: stop after T (90s, 5m, 2h) even if retries "
+                             "are still pending (exit 1; they are kept for the next run)")
 
 
 def _cmd_run(args: argparse.Namespace, config: Config) -> int:
+    max_wait = None
+    if args.max_wait is not None:
+        if not args.until_idle:
+            raise ValidationError("max-wait: only with --until-idle")
+        try:
+            max_wait = parse_duration("max-wait", args.max_wait)
+        except ConfigError as exc:  # a bad value on the command line is refused input
+            raise ValidationError(str(exc)) from None
     logs.configure(fmt=config.log.format, level=config.log.level)
-    daemon.run(config, until_idle=args.until_idle)
+    left = daemon.run(config, until_idle=args.until_idle, max_wait=max_wait,
+                      on_waiting=_print_waiting if args.until_idle else None)
+    if left is not None:
+        print(f"{PROG}: stopped waiting after {args.max_wait}: {_waiting_text(left, now())}; "
+              "the work is kept and the next run goes on with it", file=sys.stderr)
+        return EXIT_REFUSED
     return EXIT_OK
+
+
+def _waiting_text(w: dict[str, Any], current: float) -> str:
+    parts = []
+    if w["retries"]:
+        parts.append(f"{w['retries']} pending {'retry' if w['retries'] == 1 else 'retries'} "
+                     f"(next at {when(w['next_retry_at'], current)})")
+    if w["in_flight"] or w["in_memory"]:
+        parts.append(f"{w['in_flight']} in flight, {w['in_memory']} queued")
+    if w["outbox_backlog"]:
+        parts.append(f"{w['outbox_backlog']} outbox rows to take in")
+    if not parts and w["waiting_webhooks"]:
+        parts.append(f"deliveries waiting for {w['waiting_webhooks']} webhooks")
+    return ", ".join(parts) or "the last deliveries"
+
+
+def _print_waiting(w: dict[str, Any]) -> None:
+    """``run --until-idle``'s progress, on stderr (the logs are on stdout)."""
+    print(paint(f"waiting for {_waiting_text(w, now())} (Ctrl-C stops; --max-wait bounds "
+                "the wait)", "dim", stream=sys.stderr), file=sys.stderr, flush=True)
 
 
 # -- webhooks test / replay ----------------------------------------------------------------------

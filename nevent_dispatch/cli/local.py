@@ -11,7 +11,9 @@ import argparse
 import asyncio
 import contextlib
 import io
+import secrets
 import shutil
+import signal
 import socket
 import sqlite3
 import sys
@@ -19,16 +21,17 @@ from pathlib import Path
 
 import orjson
 
-from .. import logs, receiver, registry, statelock
+from .. import history, logs, receiver, registry, statelock
 from ..catalog import EVENT_TYPES
-from ..config import Config
-from ..errors import DispatchError, ValidationError
+from ..config import Config, parse_duration
+from ..errors import ConfigError, DispatchError, ValidationError
+from ..models import State
 from ..pipeline.dispatcher import Dispatcher
 from ..pipeline.matcher import type_predicate
 from ..publish import publish
 from ..store.sqlite import Store
 from ..wire.samples import sample_data
-from .common import EXIT_OK, Command, add_json, now, print_json
+from .common import EXIT_INTERRUPTED, EXIT_OK, Command, add_json, invocation, now, print_json
 
 
 def _args_emit(parser: argparse.ArgumentParser) -> None:
@@ -139,20 +142,41 @@ def _free_port() -> int:
 
 
 def _args_demo(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--org", default="org_demo", help="organization of the demo events")
+    parser.add_argument("--org", default=None,
+                        help="organization of the demo events (default: a new one per run)")
+    parser.add_argument("--max-wait", default="60s", metavar="T",
+                        help="give up after T (default 60s)")
 
 
 def _cmd_demo(args: argparse.Namespace, config: Config) -> int:
+    try:
+        max_wait = parse_duration("max-wait", args.max_wait)
+    except ConfigError as exc:
+        raise ValidationError(str(exc)) from None
+    org = args.org or f"org_demo_{secrets.token_hex(4)}"
+    registry.validate_org(org)
     # A dispatcher on the state, like `run`: it holds the state lock (and may migrate).
     with statelock.hold(config.database.state):
-        return asyncio.run(_demo(args.org, config))
+        return asyncio.run(_demo(org, config, max_wait or 60.0))
 
 
-async def _demo(org: str, config: Config) -> int:
-    """Receiver, webhook, one event of each type, the daemon until delivered; then tidy up."""
+async def _demo(org: str, config: Config, max_wait: float) -> int:
+    """Receiver, webhook, one event of each type, the daemon until they are delivered; on
+    every way out (done, timeout, error, Ctrl-C, SIGTERM) the webhook is deleted, so no
+    later run sends to the receiver that is gone."""
     logs.configure(fmt="console", level="warning", stream=io.StringIO())
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    assert main is not None
+    signals: list[str] = []
+
+    def stop(signum: signal.Signals) -> None:
+        signals.append(signum.name)
+        main.cancel()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop, signum)
     tls = shutil.which("openssl") is not None
-    port = _free_port()
     cert_dir = Path(config.database.state).parent / "listen-tls"
     ca_file = None
     if tls:
@@ -162,11 +186,15 @@ async def _demo(org: str, config: Config) -> int:
                                            "ca_file": ca_file})
     secret = registry.generate_secret()
     printed = io.StringIO()
-    ready, stop = asyncio.Event(), asyncio.Event()
+    ready, stopping = asyncio.Event(), asyncio.Event()
+    port = _free_port()
     server = asyncio.create_task(receiver.serve(
-        port=port, secret=secret, tls=tls, cert_dir=cert_dir, out=printed, ready=ready, stop=stop))
+        port=port, secret=secret, tls=tls, cert_dir=cert_dir, out=printed, ready=ready,
+        stop=stopping))
     store = await Store.open(demo_config)
     webhook = None
+    dispatcher = Dispatcher(demo_config, store)
+    running: asyncio.Task[None] | None = None
     try:
         await asyncio.wait_for(ready.wait(), 30)
         url = f"{'https' if tls else 'http'}://127.0.0.1:{port}/webhooks/nevent"
@@ -174,7 +202,7 @@ async def _demo(org: str, config: Config) -> int:
                                            name="demo receiver", secret=secret, now=now())
         await registry.set_active(store, webhook.id, True, now())
         print(f"1. local receiver on {url} (signature check on)")
-        print(f"2. webhook {webhook.id} created and enabled for {org}")
+        print(f"2. webhook {webhook.id} created and enabled for {org} (deleted at the end)")
         conn = sqlite3.connect(demo_config.database.outbox, timeout=config.database.busy_timeout)
         try:
             with conn:
@@ -183,22 +211,60 @@ async def _demo(org: str, config: Config) -> int:
         finally:
             conn.close()
         print(f"3. emitted one event of each of the {len(EVENT_TYPES)} types")
-        print("4. running the daemon until every event is delivered...\n")
-        dispatcher = Dispatcher(demo_config, store)
-        await asyncio.wait_for(dispatcher.run(until_idle=True), 120)
-        print(printed.getvalue().rstrip())
-        stats = dispatcher.stats
-        print(f"\ndelivered {stats['delivered']} of {stats['attempts']} attempts; "
-              f"see them with: nevent-dispatch deliveries list --webhook {webhook.id}")
-    except TimeoutError:
-        raise DispatchError("demo: timed out waiting for deliveries") from None
+        print(f"4. running the daemon until the {len(EVENT_TYPES)} deliveries are done "
+              f"(at most {max_wait:g} s)...", flush=True)
+        running = asyncio.create_task(dispatcher.run())
+        done = await _wait_delivered(store, webhook.id, len(EVENT_TYPES), max_wait, running)
+        print(f"\n{printed.getvalue().rstrip()}")
+        if done < len(EVENT_TYPES):
+            raise DispatchError(f"demo: {done} of {len(EVENT_TYPES)} delivered after "
+                                f"{max_wait:g} s (--max-wait); see the attempts with: "
+                                f"`nevent-dispatch deliveries list --webhook {webhook.id}`")
+        print(f"\ndelivered {done} of {len(EVENT_TYPES)}; see them with: "
+              f"{invocation()} deliveries list --webhook {webhook.id}")
+    except asyncio.CancelledError:
+        if not signals:
+            raise
+        print(f"\ndemo: stopped by {signals[0]}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     finally:
-        stop.set()
+        for signum in (signal.SIGINT, signal.SIGTERM):  # a second signal must not cut tidying
+            loop.add_signal_handler(signum, signals.append, signum.name)
+        dispatcher.stop()
+        if running is not None:
+            await asyncio.gather(running, return_exceptions=True)
+        stopping.set()
         await asyncio.gather(server, return_exceptions=True)
         if webhook is not None:
-            await registry.set_active(store, webhook.id, False, now())
+            await registry.delete(store, webhook.id, now())
         await store.close()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
     return EXIT_OK
+
+
+async def _wait_delivered(store: Store, webhook_id: str, count: int, max_wait: float,
+                          running: asyncio.Task[None]) -> int:
+    """Wait until the webhook's ``count`` deliveries are delivered (or ``max_wait``); how
+    many were. Progress on a terminal; a dead pipeline is raised, not waited for."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + max_wait
+    tty = sys.stdout.isatty()
+    delivered = 0
+    while True:
+        page = await history.list_deliveries(store, webhook_id=webhook_id, limit=count)
+        delivered = sum(d.state is State.DELIVERED for d in page.deliveries)
+        if tty:
+            print(f"\r   {delivered}/{count} delivered", end="", flush=True)
+        if delivered >= count or loop.time() >= deadline:
+            break
+        if running.done():
+            running.result()  # raises what stopped it
+            break
+        await asyncio.sleep(0.1)
+    if tty:
+        print()
+    return delivered
 
 
 COMMANDS: tuple[Command, ...] = (

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import aiohttp
@@ -37,6 +37,8 @@ log = get_logger("nevent_dispatch")
 #: Seconds between two updates of the lowest outbox id still needed (``meta``): the query
 #: walks the unfinished deliveries, so not too often; rows are pruned on a scale of hours.
 NEEDED_EVERY_S = 30.0
+#: Seconds between two reports of what an until-idle run still waits for.
+WAITING_EVERY_S = 5.0
 
 
 class Dispatcher:
@@ -57,6 +59,11 @@ class Dispatcher:
         self.host = LaneHost(config, store, clock, self.recorder, self.scheduler, self.stats)
         self.watcher = WebhookWatcher(store, self.host, self.scheduler, clock)
         self._reader: OutboxReader | None = None
+        #: Until-idle runs: the longest wait (seconds), who hears what is still awaited, and
+        #: what was left when the wait ran out.
+        self.max_wait: float | None = None
+        self.on_waiting: Callable[[dict[str, Any]], None] | None = None
+        self.timed_out: dict[str, Any] | None = None
 
     @property
     def lanes(self) -> dict[str, Any]:
@@ -145,12 +152,38 @@ class Dispatcher:
                     or len(self.recorder) or self.scheduler.earliest() is not None
                     or any(ln.queue or ln.backlog or ln.spilled for ln in host.lanes.values()))
 
+    async def waiting(self) -> dict[str, Any]:
+        """What an until-idle run still waits for (``run --until-idle`` prints it)."""
+        host = self.host
+        retries = await self.store.retries_by_webhook(self.clock.time())
+        return {
+            "outbox_backlog": 0 if self._reader is None or self._reader.caught_up else
+            max(0, await self.store.outbox_max_id() - self._reader.cursor),
+            "in_flight": len(host.inflight),
+            "in_memory": sum(len(ln.queue) for ln in host.lanes.values()),
+            "waiting_webhooks": await self.store.open_count(),
+            "retries": sum(n for _, n, _ in retries),
+            "next_retry_at": min((at for _, _, at in retries), default=None),
+        }
+
     async def _stop_when_idle(self) -> None:
+        """Return once nothing is left to do, or when ``max_wait`` has passed (then
+        ``timed_out`` says what was left); every ``WAITING_EVERY_S`` ``on_waiting`` hears
+        what the run still waits for."""
         quiet = 0
+        started = last_report = self.clock.monotonic()
         while not self._stopping.is_set():
             await asyncio.sleep(0.05)
             if self._busy() or await self.store.open_count():
                 quiet = 0
+                now = self.clock.monotonic()
+                if self.max_wait is not None and now - started >= self.max_wait:
+                    self.timed_out = await self.waiting()
+                    log.info("idle_wait_ended", max_wait=self.max_wait, **self.timed_out)
+                    return
+                if self.on_waiting is not None and now - last_report >= WAITING_EVERY_S:
+                    last_report = now
+                    self.on_waiting(await self.waiting())
                 continue
             quiet += 1
             if quiet >= 3:

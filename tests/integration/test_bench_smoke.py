@@ -38,3 +38,18 @@ def test_the_smoke_benchmark_writes_every_figure(tmp_path):
         leftovers = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True,
                                    text=True)
         assert leftovers.stdout.strip() == "", leftovers.stdout
+
+
+@pytest.mark.timeout(300)
+def test_the_benchmark_prints_and_leaves_the_tracked_page_alone_without_write_docs(tmp_path):
+    """`python -m bench` as the README shows it must not rewrite docs/performance.md."""
+    tracked = ROOT / "docs" / "performance.md"
+    before = tracked.read_bytes()
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke", "--only", "fanout", "--receiver", "aiohttp",
+         "--workdir", str(tmp_path / "scratch")],
+        cwd=ROOT, capture_output=True, text=True, timeout=280)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "Fan-out" in result.stdout
+    assert "--write-docs writes" in result.stdout
+    assert tracked.read_bytes() == before
