@@ -62,6 +62,17 @@ def one_line_error(result: subprocess.CompletedProcess[str], code: int = 1) -> s
     return lines[0]
 
 
+def usage_error(result: subprocess.CompletedProcess[str]) -> str:
+    """Assert a malformed command line: exit 2, argparse's usage and one ``error:`` line last
+    (``nevent-dispatch listen: error: argument --port: must be 0..65535, got '70000'``)."""
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    *usage, last = result.stderr.strip().splitlines()
+    assert usage and usage[0].startswith("usage: nevent-dispatch"), result.stderr
+    assert last.startswith("nevent-dispatch") and ": error: " in last, result.stderr
+    return last.split(": error: ", 1)[1]
+
+
 def seed_verify(raw_body: bytes, header: str, secret: str) -> bool:
     """The customer docs' Python snippet, written independently of nevent_dispatch.wire.signing."""
     parts = dict(part.split("=", 1) for part in header.split(","))

@@ -206,6 +206,21 @@ def footer(shown: int, total: int | None, more: str | None) -> None:
     print(paint(f"{of} — {how}", "dim", stream=sys.stderr), file=sys.stderr)
 
 
+def bounded(kind: type[int] | type[float], low: float, high: float) -> Callable[[str], Any]:
+    """An argparse type: a number within [low, high], else a usage error (exit 2)."""
+    span = f"{kind(low)}..{kind(high)}" if kind is int else f"{low:g}..{high:g}"
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number {span}, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be {span}, got {text!r}")
+        return value
+    return parse
+
+
 def read_secret(value: str | None) -> str | None:
     """``--secret -`` reads the secret from stdin, keeping it out of the process list."""
     if value != "-":

@@ -27,6 +27,7 @@ from .common import (
     Command,
     add_json,
     add_webhook_id,
+    bounded,
     footer,
     hint,
     now,
@@ -203,7 +204,8 @@ def _args_list(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--type", metavar="TYPE", help="only this event type (batch: 'batch')")
     parser.add_argument("--event", metavar="EVT", help="only the deliveries of this event id")
     parser.add_argument("--since", metavar="T", help="created since T (30m, 2h, 7d, date)")
-    parser.add_argument("--limit", type=int, default=50, metavar="N",
+    parser.add_argument("--limit", type=bounded(int, 1, history.MAX_LIMIT), default=50,
+                        metavar="N",
                         help=f"at most N (default 50, up to {history.MAX_LIMIT})")
     parser.add_argument("--cursor", metavar="C", help="the next page, as the footer says")
     add_json(parser)
@@ -211,8 +213,6 @@ def _args_list(parser: argparse.ArgumentParser) -> None:
 
 def _cmd_list(args: argparse.Namespace, config: Config) -> int:
     current = now()
-    if not 1 <= args.limit <= history.MAX_LIMIT:
-        raise ValidationError(f"limit: must be 1..{history.MAX_LIMIT}, got {args.limit}")
     if args.org is not None:
         registry.validate_org(args.org)
     since = parse_since(args.since, current) if args.since else None

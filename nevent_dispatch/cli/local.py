@@ -31,7 +31,16 @@ from ..pipeline.matcher import type_predicate
 from ..publish import publish
 from ..store.sqlite import Store
 from ..wire.samples import sample_data
-from .common import EXIT_INTERRUPTED, EXIT_OK, Command, add_json, invocation, now, print_json
+from .common import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    Command,
+    add_json,
+    bounded,
+    invocation,
+    now,
+    print_json,
+)
 
 
 def _args_emit(parser: argparse.ArgumentParser) -> None:
@@ -39,13 +48,12 @@ def _args_emit(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--org", required=True, metavar="ORG", help="organization id")
     parser.add_argument("--data", metavar="JSON",
                         help="the event's data object (default: a realistic sample of TYPE)")
-    parser.add_argument("--count", type=int, default=1, metavar="N", help="insert N events")
+    parser.add_argument("--count", type=bounded(int, 1, 10_000_000), default=1, metavar="N",
+                        help="insert N events")
     add_json(parser)
 
 
 def _cmd_emit(args: argparse.Namespace, config: Config) -> int:
-    if not 1 <= args.count <= 10_000_000:
-        raise ValidationError(f"count: must be 1..10000000, got {args.count}")
     # A typo would be delivered to every '*' webhook; types beyond the 17 go in events.extra_types.
     registry.validate_event_type(args.type, config.events.extra_types)
     registry.validate_org(args.org)
@@ -99,38 +107,36 @@ async def _event_ids(config: Config, first: int, last: int) -> list[str]:
         await store.close()
 
 
+def _statuses(text: str) -> list[int]:
+    """``500,500,200``: final statuses (1xx are interim answers: the receiver refuses them)."""
+    try:
+        codes = [int(code) for code in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected codes like 500,200, got {text!r}") from None
+    if not all(200 <= code <= 599 for code in codes):
+        raise argparse.ArgumentTypeError(f"codes must be 200..599, got {text!r}")
+    return codes
+
+
 def _args_listen(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
-    parser.add_argument("--port", type=int, default=receiver.DEFAULT_PORT,
-                        help=f"port (default {receiver.DEFAULT_PORT})")
+    parser.add_argument("--port", type=bounded(int, 0, 65535), default=receiver.DEFAULT_PORT,
+                        help=f"port 0..65535 (default {receiver.DEFAULT_PORT})")
     parser.add_argument("--secret", metavar="S", help="verify signatures with this secret")
     parser.add_argument("--tls", action="store_true",
                         help="serve HTTPS with a generated local certificate")
-    parser.add_argument("--status", metavar="CODES",
+    parser.add_argument("--status", metavar="CODES", type=_statuses,
                         help="answer these statuses in turn, e.g. 500,500,200")
-    parser.add_argument("--fail-rate", type=float, default=0.0, metavar="P",
+    parser.add_argument("--fail-rate", type=bounded(float, 0, 1), default=0.0, metavar="P",
                         help="answer 500 with probability P (0..1)")
     parser.add_argument("--json", action="store_true", help="one JSON object per request")
 
 
 def _cmd_listen(args: argparse.Namespace, config: Config) -> int:
-    statuses = None
-    if args.status:
-        try:
-            statuses = [int(code) for code in args.status.split(",")]
-        except ValueError:
-            raise ValidationError(f"status: expected codes like 500,200, got {args.status!r}") from None
-        # 1xx are interim answers, never a final status: the receiver refuses them too.
-        if not all(200 <= code <= 599 for code in statuses):
-            raise ValidationError(f"status: codes must be 200..599, got {args.status!r}")
-    if not 0.0 <= args.fail_rate <= 1.0:
-        raise ValidationError(f"fail-rate: must be between 0 and 1, got {args.fail_rate}")
-    if not 0 <= args.port <= 65535:
-        raise ValidationError(f"port: must be 0..65535, got {args.port}")
     cert_dir = Path(config.database.state).parent / "listen-tls"
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(receiver.serve(host=args.host, port=args.port, secret=args.secret,
-                                   tls=args.tls, cert_dir=cert_dir, statuses=statuses,
+                                   tls=args.tls, cert_dir=cert_dir, statuses=args.status,
                                    fail_rate=args.fail_rate, json_lines=args.json))
     return EXIT_OK
 

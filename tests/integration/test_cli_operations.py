@@ -41,6 +41,7 @@ from ..conftest import (
     one_line_error,
     seed_verify,
     server_context,
+    usage_error,
 )
 
 SECRET = "whsec_operations-test-secret-0123456789"
@@ -176,9 +177,15 @@ def test_emit_with_data_count_and_json_output(ops: Ops) -> None:
     assert out == f"emitted 2 fan.created for org_9 ({first}..{last}, outbox ids 4..5)"
 
 
+def test_emit_count_out_of_range_is_a_usage_error(ops: Ops) -> None:
+    result = ops("emit", "fan.created", "--org", "org_1", "--count", "0")
+    assert usage_error(result) == "argument --count: must be 1..10000000, got '0'"
+    if (ops.tmp / "app.db").exists():
+        assert ops.outbox() == []
+
+
 @pytest.mark.parametrize(("extra", "message"), [
     (("--data", "{not json"), "nevent-dispatch: data: not valid JSON"),
-    (("--count", "0"), "nevent-dispatch: count: must be 1..10000000, got 0"),
     (("--data", "[1, 2, 3]"), "nevent-dispatch: publish: data must be a JSON object"),
 ])
 def test_emit_refuses_bad_input_in_one_line_and_inserts_nothing(
@@ -378,8 +385,8 @@ def test_deliveries_list_filters_by_webhook_status_since_and_limit(history: Hist
     limited = ops.deliveries("--limit", "2")
     assert [d["id"] for d in limited] == [d["id"] for d in everything[:2]]
 
-    assert one_line_error(ops("deliveries", "list", "--limit", "0")).startswith(
-        "nevent-dispatch: limit: must be 1..1000")
+    assert usage_error(ops("deliveries", "list", "--limit", "0")) == (
+        "argument --limit: must be 1..1000, got '0'")
     assert one_line_error(ops("deliveries", "list", "--since", "yesterday")).startswith(
         "nevent-dispatch: since: expected a unix time, an ISO 8601 date")
     # The same reading of times as the management API: a duration also written "-1h".
@@ -621,16 +628,18 @@ def test_listen_tls_ca_file_lets_the_daemon_deliver_over_https(
 
 
 @pytest.mark.parametrize(("extra", "message"), [
-    (("--status", "500,abc"), "nevent-dispatch: status: expected codes like 500,200"),
-    (("--status", "100,200"), "nevent-dispatch: status: codes must be 200..599"),
-    (("--fail-rate", "1.5"), "nevent-dispatch: fail-rate: must be between 0 and 1"),
-    (("--port", "70000"), "nevent-dispatch: port: must be 0..65535"),
+    (("--status", "500,abc"), "argument --status: expected codes like 500,200, got '500,abc'"),
+    (("--status", "100,200"), "argument --status: codes must be 200..599, got '100,200'"),
+    (("--fail-rate", "1.5"), "argument --fail-rate: must be 0..1, got '1.5'"),
+    (("--port", "70000"), "argument --port: must be 0..65535, got '70000'"),
+    (("--port", "http"), "argument --port: expected a number 0..65535, got 'http'"),
 ])
-def test_listen_refuses_bad_options_in_one_line(ops: Ops, extra: tuple[str, ...],
-                                                message: str) -> None:
-    """Bad --status, --fail-rate or --port values exit 1 with one line, before listening."""
+def test_listen_refuses_bad_options_as_usage_errors(ops: Ops, extra: tuple[str, ...],
+                                                    message: str) -> None:
+    """Bad --status, --fail-rate or --port values are a bad command line: exit 2 and
+    argparse's usage, before listening."""
     result = ops("listen", *extra, timeout=30)
-    assert one_line_error(result).startswith(message)
+    assert usage_error(result) == message
     assert result.stdout == ""
 
 
