@@ -4,8 +4,9 @@ Owns what belongs to the process and nothing else: the event loop policy, the
 signal handlers (installed through a context manager that restores the old
 ones; the first SIGTERM/SIGINT/SIGHUP asks for a drain, a second forces exit),
 the state lock (one daemon per state database, ``statelock.py``), opening and
-closing the store, starting and stopping the management API (``api/``). The
-pipeline itself lives in ``dispatcher.py``.
+closing the store, starting and stopping the management API (``api/``) and the
+operations side (``ops/``: health checks, systemd notifications). The pipeline itself
+lives in ``dispatcher.py``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 from .config import Config
 from .logs import get_logger
+from .ops import Operations
 from .pipeline.dispatcher import Dispatcher
 from .statelock import hold
 from .store.sqlite import Store
@@ -62,20 +64,24 @@ async def serve(config: Config, *, until_idle: bool = False, api: bool = True,
                 on_waiting: Callable[[dict[str, Any]], None] | None = None,
                 ) -> dict[str, Any] | None:
     """Lock the state, open the databases, serve the API, deliver until stopped, close
-    everything in order (the API first: no change arrives for a pipeline that is gone)."""
+    everything in order (the API first: no change arrives for a pipeline that is gone; the
+    health checks and notifications, which read the store, before the store)."""
     # Before the databases are opened: a second daemon must not even migrate them.
     with hold(config.database.state) as lock:
         store = await Store.open(config, wait_on_storage=True)
         server = None
+        operations: Operations | None = None
         try:
             dispatcher = Dispatcher(config, store)
             dispatcher.max_wait, dispatcher.on_waiting = max_wait, on_waiting
+            operations = Operations(config, dispatcher)
             if api and config.api.listen:
                 from .api.app import ApiServer, Pipeline  # aiohttp's server: the daemon's only
                 server = ApiServer(config, Pipeline(dispatcher.watcher.catch_up,
-                                                    dispatcher.watcher.poke))
+                                                    dispatcher.watcher.poke), operations)
             if server is not None:
                 await server.start()
+            operations.start()
             with stop_on_signals(asyncio.get_running_loop(), dispatcher):
                 log.info("daemon_started", pid=os.getpid(), outbox=str(config.database.outbox),
                          state=str(config.database.state), lock=str(lock), until_idle=until_idle)
@@ -83,6 +89,8 @@ async def serve(config: Config, *, until_idle: bool = False, api: bool = True,
         finally:
             if server is not None:
                 await server.stop()
+            if operations is not None:
+                await operations.stop()
             await store.close()
             log.info("daemon_stopped")
     # An until-idle run whose max_wait ran out: what was left (None when it finished).

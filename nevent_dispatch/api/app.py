@@ -1,7 +1,9 @@
 """The management API's server: the aiohttp application, its middlewares, its listener.
 
 Owns what is applied around every route: bearer-token authentication (``auth.py``) for every
-route but ``/healthz``; JSON errors for everything that goes wrong, in one shape
+route but ``/healthz``, ``/readyz`` and — unless ``api.metrics_token`` — ``/metrics``; the
+operations routes (readiness from ``ops/health.py``, Prometheus text from ``ops/metrics.py``,
+imported only here); JSON errors for everything that goes wrong, in one shape
 (``{"error": {"code", "field", "message"}}``) with the registry's own messages;
 the body rules (JSON objects only, 415 otherwise, 413 above ``api.max_body_bytes``);
 the listener (``api.listen``: TCP, a Unix socket, or off) and the ``api_listening``
@@ -16,6 +18,7 @@ import contextlib
 import os
 import socket
 import stat
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -44,7 +47,12 @@ log = get_logger("nevent_dispatch")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 #: Routes anyone may call.
-OPEN_PATHS = frozenset({"/healthz"})
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+#: Open too, unless ``api.metrics_token`` (Prometheus scrapes it).
+METRICS_PATH = "/metrics"
+#: The daemon's operations side (``ops.Operations``), and its metrics when they are on.
+OPERATIONS = web.AppKey("operations", object)
+METRICS = web.AppKey("metrics", object)
 _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found",
                405: "method_not_allowed", 409: "conflict", 413: "payload_too_large",
                415: "unsupported_media_type", 422: "validation_error"}
@@ -80,8 +88,11 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path not in OPEN_PATHS and not request.app[TOKENS].accepts(
-            request.headers.get("Authorization")):
+    path = request.path
+    if path in OPEN_PATHS or (path == METRICS_PATH
+                              and not request.app[CONFIG].api.metrics_token):
+        return await handler(request)
+    if not request.app[TOKENS].accepts(request.headers.get("Authorization")):
         raise ApiError(401, "unauthorized",
                        "missing or invalid bearer token (Authorization: Bearer <token>)",
                        headers={"WWW-Authenticate": 'Bearer realm="nevent-dispatch"'})
@@ -89,7 +100,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
 
 
 def build_app(config: Config, store: Store, tokens: Tokens,
-              pipeline: Pipeline | None = None) -> web.Application:
+              pipeline: Pipeline | None = None, operations: Any = None) -> web.Application:
     from . import deliveries, openapi, webhooks
 
     app = web.Application(middlewares=[errors_middleware, auth_middleware],
@@ -97,7 +108,15 @@ def build_app(config: Config, store: Store, tokens: Tokens,
     app[STORE], app[CONFIG], app[TOKENS] = store, config, tokens
     if pipeline is not None:
         app[PIPELINE] = pipeline
+    if operations is not None:
+        app[OPERATIONS] = operations
+        tally = operations.dispatcher.tally
+        if tally is not None:
+            from ..ops.metrics import Metrics  # Prometheus: only where metrics are served
+            app[METRICS] = Metrics(tally, operations.dispatcher, operations.health)
     app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    app.router.add_get(METRICS_PATH, _metrics)
     app.router.add_get("/openapi.json", openapi.serve)
     webhooks.add_routes(app.router)
     deliveries.add_routes(app.router)
@@ -114,12 +133,38 @@ async def _healthz(request: web.Request) -> web.Response:
     return json_response({"status": "ok"})
 
 
+async def _readyz(request: web.Request) -> web.Response:
+    """200 while the pipeline progresses; 503 with the reasons while it starts, stops or
+    stalls (``ops/health.py`` judges)."""
+    operations: Any = request.app.get(OPERATIONS)
+    if operations is None:
+        return json_response({"status": "unknown", "reasons": ["no pipeline runs in this process"]},
+                             503)
+    verdict = operations.health.current()
+    body = {"status": verdict.status, "reasons": list(verdict.reasons),
+            "checked_at": round(verdict.checked_at, 3), **verdict.figures, "pid": os.getpid(),
+            "started_at": round(operations.started_at, 3)}
+    return json_response(body, 200 if verdict.ok else 503)
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    metrics: Any = request.app.get(METRICS)
+    if metrics is None:
+        why = ("metrics are off (metrics.enabled = false)"
+               if OPERATIONS in request.app else "metrics are served by the running daemon only")
+        raise ApiError(404, "not_found", why)
+    body = await metrics.render(request.app[STORE], time.time())
+    return web.Response(body=body, headers={"Content-Type": metrics.content_type})
+
+
 class ApiServer:
     """The API of a running daemon: ``await start()`` binds, ``await stop()`` closes."""
 
-    def __init__(self, config: Config, pipeline: Pipeline | None = None) -> None:
+    def __init__(self, config: Config, pipeline: Pipeline | None = None,
+                 operations: Any = None) -> None:
         self.config = config
         self._pipeline = pipeline
+        self._operations = operations
         self.url: str | None = None
         self._runner: web.AppRunner | None = None
         self._store: Store | None = None
@@ -131,7 +176,7 @@ class ApiServer:
         # Its own connections: a slow list never waits behind, or delays, the pipeline's.
         self._store = await Store.open(self.config, migrate=False)
         tokens = Tokens(api_token_file(self.config))
-        app = build_app(self.config, self._store, tokens, self._pipeline)
+        app = build_app(self.config, self._store, tokens, self._pipeline, self._operations)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
                                      shutdown_timeout=1.0)
         await self._runner.setup()

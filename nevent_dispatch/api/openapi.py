@@ -153,6 +153,13 @@ SCHEMAS: dict[str, Any] = {
             "sample": {"type": "integer"}}}}},
     "Health": {"type": "object", "required": ["status"],
                "properties": {"status": {"type": "string"}}},
+    "Readiness": {"type": "object", "required": ["status", "reasons"], "properties": {
+        "status": {"enum": ["ok", "starting", "stalled", "stopping", "unknown"]},
+        "reasons": {"type": "array", "items": {"type": "string"},
+                    "description": "why the daemon is not ready (empty when ok)"},
+        "checked_at": _TIME, "outbox_cursor": {"type": "integer"},
+        "outbox_backlog": {"type": "integer", "description": "outbox rows not yet taken in"},
+        "in_flight": {"type": "integer"}, "pid": {"type": "integer"}, "started_at": _TIME}},
 }
 
 
@@ -189,6 +196,17 @@ _D = "/v1/organizations/{org}/deliveries"
 PATHS: dict[str, Any] = {
     "/healthz": {"get": {"summary": "the event loop answers", "security": [],
                          "responses": {"200": _json(_ref("Health"), "ok")}}},
+    "/readyz": {"get": {"summary": "the pipeline progresses: 200 ok, else 503 starting, stalled "
+                                   "or stopping with the reasons (also what feeds the systemd "
+                                   "watchdog)", "security": [], "responses": {
+        "200": _json(_ref("Readiness"), "ok"),
+        "503": _json(_ref("Readiness"), "starting, stalled or stopping")}}},
+    "/metrics": {"get": {"summary": "Prometheus text exposition of the daemon's metrics (no token "
+                                    "unless api.metrics_token = true)", "responses": {
+        "200": {"description": "Prometheus text format 0.0.4", "content": {"text/plain": {
+            "schema": {"type": "string"}}}},
+        "401": _json(_ref("Error"), _ERRORS["401"][0]),
+        "404": _json(_ref("Error"), "metrics are off (metrics.enabled = false)")}}},
     "/openapi.json": {"get": {"summary": "this document", "responses": {
         "200": {"description": "OpenAPI 3.1", "content": {"application/json": {
             "schema": {"type": "object"}}}},
@@ -248,7 +266,8 @@ DOCUMENT: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {"title": "nevent-dispatch management API", "version": __version__,
              "description": "Webhooks of Nevent organizations and their delivery history. "
-                            "Every route but /healthz needs Authorization: Bearer <token>."},
+                            "Every route but /healthz, /readyz and (unless "
+                            "api.metrics_token) /metrics needs Authorization: Bearer <token>."},
     "security": [{"bearer": []}],
     "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
                    "schemas": SCHEMAS},

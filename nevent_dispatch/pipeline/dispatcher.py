@@ -23,10 +23,12 @@ import aiohttp
 from ..clock import SYSTEM, Clock
 from ..config import Config
 from ..logs import get_logger
+from ..models import State
 from ..store.sqlite import Store
 from .host import LaneHost
 from .intake import plan_page
 from .outbox import OutboxReader
+from .progress import Progress, Tally
 from .recorder import Recorder
 from .scheduler import Scheduler
 from .sender import Sender, make_session
@@ -54,9 +56,13 @@ class Dispatcher:
         self._stopping = asyncio.Event()
         #: Counters for the final log line and tests.
         self.stats = {"events": 0, "rejected": 0, "attempts": 0, "delivered": 0, "failed": 0}
+        #: The metrics' counters (``metrics.enabled``), and the signs of progress health reads.
+        self.tally = Tally() if config.metrics.enabled else None
+        self.progress = Progress()
         self.scheduler = Scheduler(clock, self._wake_lanes)
         self.recorder = Recorder(store, on_flushed=self.scheduler.note_all)
-        self.host = LaneHost(config, store, clock, self.recorder, self.scheduler, self.stats)
+        self.host = LaneHost(config, store, clock, self.recorder, self.scheduler, self.stats,
+                             self.tally)
         self.watcher = WebhookWatcher(store, self.host, self.scheduler, clock)
         self._reader: OutboxReader | None = None
         #: Until-idle runs: the longest wait (seconds), who hears what is still awaited, and
@@ -79,6 +85,7 @@ class Dispatcher:
     def stop(self) -> None:
         """Ask the pipeline to drain and return; safe to call more than once."""
         self._stopping.set()
+        self.progress.draining.set()
         self.host.stop()
 
     # -- run --------------------------------------------------------------------------------
@@ -100,6 +107,8 @@ class Dispatcher:
             }
             if until_idle:
                 tasks.add(asyncio.create_task(self._stop_when_idle(), name="idle-watch"))
+            self.progress.tasks = list(tasks)
+            self.progress.running.set()
             try:
                 done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
                 failed = [t for t in done if not t.cancelled() and t.exception() is not None]
@@ -210,9 +219,11 @@ class Dispatcher:
             self.store, cursor=cursor, page_size=outbox.page_size,
             poll_interval=outbox.poll_interval, idle_poll_interval=outbox.idle_poll_interval,
             max_page_bytes=outbox.max_page_bytes, stopping=self._stopping)
+        self.progress.took_in(cursor, self.clock.monotonic())
         async for rows in reader.pages():
             await self._intake(rows)
             reader.cursor = rows[-1][0]
+            self.progress.took_in(reader.cursor, self.clock.monotonic())
 
     async def _intake(self, rows: list[Any]) -> None:
         """Record a page (deliveries, waiting items, cursor) in one transaction, then queue it.
@@ -223,6 +234,8 @@ class Dispatcher:
         plan = plan_page(rows, self.matcher, self.host.max_bytes, self.clock.time())
         self.stats["events"] += plan.events
         self.stats["rejected"] += plan.rejected
+        if self.tally is not None:
+            self.tally.deliveries[State.REJECTED] += plan.rejected_deliveries
         deliveries, takes = self.host.plan_rows(plan)
         base = await self.store.record_intake(deliveries, plan.waiting_rows(), rows[-1][0])
         self.host.queue_page(base, takes)

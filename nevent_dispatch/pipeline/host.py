@@ -29,6 +29,7 @@ from .budget import ITEM_OVERHEAD, Budget
 from .intake import Plan
 from .jobs import JobBuilder
 from .lanes import Item, Job, Lane, Slots
+from .progress import Tally
 from .ratelimit import TokenBucket
 from .recorder import Recorder
 from .scheduler import Scheduler
@@ -67,13 +68,15 @@ class Take:
 
 class LaneHost:
     def __init__(self, config: Config, store: Store, clock: Clock, recorder: Recorder,
-                 scheduler: Scheduler, stats: dict[str, int]) -> None:
+                 scheduler: Scheduler, stats: dict[str, int], tally: Tally | None = None) -> None:
         self.config = config
         self.store = store
         self.clock = clock
         self.recorder = recorder
         self.scheduler = scheduler
         self.stats = stats
+        #: The delivery counters of the metrics (None when they are off).
+        self.tally = tally
         self.slots = Slots(config.delivery.max_in_flight)
         self.max_events = config.batch.max_events
         self.max_wait = config.batch.max_wait
@@ -137,6 +140,8 @@ class LaneHost:
             if isinstance(work, Job):
                 if lane.deleted:
                     self.recorder.fail(work.delivery_id, now)
+                    if self.tally is not None:
+                        self.tally.deliveries[State.FAILED] += 1
                 else:
                     self.recorder.release(lane.webhook.id, work.delivery_id, now)
                     lane.more_in_db()
@@ -202,7 +207,9 @@ class LaneHost:
         if lane.webhook.batch:
             await self.batch_leftovers([lane.webhook.id], now)
         if deleted:
-            await self.store.fail_orphans(lane.webhook.id, now)
+            failed = await self.store.fail_orphans(lane.webhook.id, now)
+            if self.tally is not None:
+                self.tally.deliveries[State.FAILED] += failed
 
     async def batch_leftovers(self, webhook_ids: Iterable[str], now: float) -> int:
         """Group events left waiting for a batch into pending batch deliveries, due now."""
@@ -224,6 +231,8 @@ class LaneHost:
                 await self.store.create_batches([(row, webhook_id, events)])
                 self.scheduler.note(webhook_id, now)
                 count += 1
+                if self.tally is not None:
+                    self.tally.batch(len(events))
         return count
 
     # -- intake -------------------------------------------------------------------------------
@@ -249,17 +258,18 @@ class LaneHost:
             free_items = min(free_items, lane.cap - len(lane.queue))
             pending_bytes = pending_items = 0
             open_ = not lane.full and not lane.retired
-            for (outbox_id, event_id, type_, body), n in work:
+            for (outbox_id, event_id, type_, body, created), n in work:
                 piece: Job | Item
                 if n == 0:
                     if take.spill:
                         continue
-                    piece = Item(outbox_id, event_id, type_, body, mono)
+                    piece = Item(outbox_id, event_id, type_, body, mono, created)
                 elif take.backlog:
                     rows[n - 1] = rows[n - 1]._replace(state=State.PENDING.value, next_at=now)
                     continue
                 else:
-                    piece = Job(n, rows[n - 1].uuid, Kind.EVENT, type_, event_id, body, 1, 0, 0)
+                    piece = Job(n, rows[n - 1].uuid, Kind.EVENT, type_, event_id, body, 1, 0, 0,
+                                created)
                 cost = Budget.cost(len(body))
                 if open_ and cost <= free_bytes and len(taken) < free_items:
                     free_bytes -= cost
@@ -364,12 +374,14 @@ class LaneHost:
         spills = lane.spills
         room = lane.cap - len(lane.queue)
         waiting = await self.store.waiting_events(lane.webhook.id, lane.mark, room)
-        bodies = await self.builder.bodies(e[0] for e in waiting)
+        created: dict[int, int] = {}
+        bodies = await self.builder.bodies((e[0] for e in waiting), created)
         mono = self.clock.monotonic()
         taken = 0
         for outbox_id, event_id, event_type in waiting:
             body = bodies.get(outbox_id)
-            if body is not None and not lane.offer(Item(outbox_id, event_id, event_type, body, mono)):
+            if body is not None and not lane.offer(Item(outbox_id, event_id, event_type, body,
+                                                        mono, created[outbox_id])):
                 return taken  # no room after all: the rest stays spilled
             lane.mark = outbox_id
             taken += 1
@@ -395,8 +407,10 @@ class LaneHost:
         if self.batch_writer is None or self.batch_writer.done():
             self.batch_writer = asyncio.create_task(self._write_batches(), name="batch-writer")
         delivery_id = await asyncio.shield(done)
+        if self.tally is not None:
+            self.tally.batch(len(items))
         return Job(delivery_id, row.uuid, Kind.BATCH, "batch", None,
-                   batch_body([i.body for i in items]), len(items), 0, 0)
+                   batch_body([i.body for i in items]), len(items), 0, 0, items[0].created)
 
     async def _write_batches(self) -> None:
         while self._batches_to_write:
@@ -485,6 +499,10 @@ class LaneHost:
         attempt, finish = result_rows(job, result, state, next_at, retry_base, self.clock.time(),
                                       error)
         self.recorder.add(attempt, finish, None if next_at is None else (webhook.id, next_at))
+        if self.tally is not None:
+            self.tally.attempt(result.outcome, result.latency_ms, state,
+                               result.started_at - job.created
+                               if job.attempts == 0 and job.created else None)
         self.stats["attempts"] += 1
         if state is State.DELIVERED:
             self.stats["delivered"] += 1

@@ -25,8 +25,8 @@ from .matcher import Matcher
 log = get_logger("nevent_dispatch")
 
 
-#: An event as the lanes take it: (outbox_id, event_id, type, body).
-Queued = tuple[int, str, str, bytes]
+#: An event as the lanes take it: (outbox_id, event_id, type, body, created).
+Queued = tuple[int, str, str, bytes, int]
 
 
 @dataclass(slots=True)
@@ -52,6 +52,8 @@ class Plan:
                 for webhook_id, events in self.waiting.items()]
     events: int = 0
     rejected: int = 0
+    #: Rejected records written (one per webhook a refused event was meant for).
+    rejected_deliveries: int = 0
 
 
 def plan_page(rows: Sequence[Any], matcher: Matcher, max_bytes: int, now: float) -> Plan:
@@ -65,7 +67,7 @@ def plan_page(rows: Sequence[Any], matcher: Matcher, max_bytes: int, now: float)
         plan.events += 1
         # Only what the lanes need is kept: the parsed envelope is freed with the event,
         # now, instead of living (and being walked by the collector) until the page is queued.
-        queued = (event.outbox_id, event.id, event.type, event.body)
+        queued = (event.outbox_id, event.id, event.type, event.body, event.created)
         for webhook in matcher.match(event.organization_id, event.type, event.envelope):
             if not webhook.batch:
                 plan.deliveries.append(new_delivery_row(
@@ -96,6 +98,7 @@ def _reject(plan: Plan, rejection: Rejection, matcher: Matcher, now: float,
     else:
         routes = matcher.routes(rejection.organization_id, rejection.type)
         targets = [r.webhook.id for r in routes] or [None]
+    plan.rejected_deliveries += len(targets)
     for target in targets:
         plan.deliveries.append(new_delivery_row(
             webhook_id=target, kind=Kind.EVENT, event_type=rejection.type or "?",

@@ -23,6 +23,7 @@ from typing import Protocol
 from ..models import Kind, Webhook
 from ..wire.envelope import BATCH_OVERHEAD, take_batch
 from .budget import Budget
+from .progress import Tally
 from .ratelimit import TokenBucket
 
 
@@ -39,6 +40,9 @@ class Job:
     event_count: int
     attempts: int
     retry_base: int
+    #: When its (oldest) event was committed to the outbox (unix seconds; 0: unknown), for
+    #: the commit → first attempt lag.
+    created: float = 0.0
 
 
 @dataclass(slots=True)
@@ -50,6 +54,8 @@ class Item:
     event_type: str
     body: bytes
     queued_at: float
+    #: When the event was committed to the outbox (unix seconds; 0: unknown).
+    created: float = 0.0
 
 
 class Slots:
@@ -121,6 +127,8 @@ class Host(Protocol):
     max_bytes: int
     per_webhook: int
     slots: Slots
+    #: The delivery counters (None: ``metrics.enabled`` is off).
+    tally: Tally | None
 
     def monotonic(self) -> float: ...
     def stopping(self) -> bool: ...
@@ -180,6 +188,9 @@ class Lane:
         #: The loop sleeps until its batch is full (or old enough): pushes of events that
         #: still leave room do not wake it.
         self._filling = False
+        #: The head last counted as held back by the bucket (each is counted once): its
+        #: delivery id, or minus its outbox id for an event waiting for a batch.
+        self._limited = 0
         self.task: asyncio.Task[None] | None = None
 
     @property
@@ -374,6 +385,10 @@ class Lane:
                 count = head.event_count
             wait = self.bucket.wait(count, now)
             if wait > 0:
+                key = head.delivery_id if isinstance(head, Job) else -head.outbox_id
+                if host.tally is not None and self._limited != key:
+                    self._limited = key
+                    host.tally.rate_limited += count
                 await self._sleep(wait)
                 continue
             if self.in_flight >= self.limit:
