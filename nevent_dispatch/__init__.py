@@ -7,6 +7,8 @@ outbox with ``publish()``, and receivers verify what they get with
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from .errors import (
     BadSignature,
     DispatchError,
@@ -15,8 +17,10 @@ from .errors import (
     StaleTimestamp,
     ValidationError,
 )
-from .publish import publish
-from .wire.signing import sign, verify
+
+if TYPE_CHECKING:
+    from .publish import publish
+    from .wire.signing import sign, verify
 
 __version__ = "0.1.0"
 
@@ -32,3 +36,18 @@ __all__ = [
     "sign",
     "verify",
 ]
+
+
+#: Loaded on first use: ``publish`` brings the SQL statements (and their package) in, which
+#: a command line that only prints its help, or a receiver that only verifies, does not need.
+_LAZY = {"publish": ".publish", "sign": ".wire.signing", "verify": ".wire.signing"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

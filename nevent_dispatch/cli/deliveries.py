@@ -2,7 +2,8 @@
 
 Owns the terminal and JSON renderings of deliveries and attempts, and the
 parsing of ``--since``. It must not deliver anything itself: ``run`` hands
-over to ``daemon.py`` and ``webhooks test`` to ``dispatcher.send_test``.
+over to ``daemon.py`` and ``webhooks test`` to ``pipeline.attempts.send_test``, both
+imported when the command runs, so that ``--help`` and the reading commands start fast.
 """
 
 from __future__ import annotations
@@ -11,11 +12,10 @@ import argparse
 import sys
 from typing import Any
 
-from .. import daemon, history, logs, registry, statelock
+from .. import history, logs, registry, statelock
 from ..config import Config, parse_duration
 from ..errors import ConfigError, ValidationError
 from ..models import Attempt, Delivery, State, Webhook
-from ..pipeline.attempts import send_test
 from ..pipeline.matcher import type_predicate
 from ..store.sqlite import Store
 from ..views import delivery_detail_json, delivery_json
@@ -76,6 +76,8 @@ def _cmd_run(args: argparse.Namespace, config: Config) -> int:
             max_wait = parse_duration("max-wait", args.max_wait)
         except ConfigError as exc:  # a bad value on the command line is refused input
             raise ValidationError(str(exc)) from None
+    from .. import daemon  # the pipeline and aiohttp: only the commands that deliver load them
+
     logs.configure(fmt=config.log.format, level=config.log.level)
     left = daemon.run(config, until_idle=args.until_idle, max_wait=max_wait,
                       on_waiting=_print_waiting if args.until_idle else None)
@@ -119,6 +121,8 @@ def _args_test(parser: argparse.ArgumentParser) -> None:
 def _cmd_test(args: argparse.Namespace, config: Config) -> int:
     registry.validate_event_type(args.type, config.events.extra_types)
     logs.configure(fmt=config.log.format, level="error")  # the result is printed below
+
+    from ..pipeline.attempts import send_test
 
     async def work(store: Store) -> tuple[Delivery, Any, Webhook]:
         webhook = await store.get_webhook(args.webhook_id)

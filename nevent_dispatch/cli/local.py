@@ -21,14 +21,12 @@ from pathlib import Path
 
 import orjson
 
-from .. import history, logs, receiver, registry, statelock
+from .. import history, logs, registry, statelock
 from ..catalog import EVENT_TYPES
 from ..config import Config, parse_duration
 from ..errors import ConfigError, DispatchError, ValidationError
 from ..models import State
-from ..pipeline.dispatcher import Dispatcher
 from ..pipeline.matcher import type_predicate
-from ..publish import publish
 from ..store.sqlite import Store
 from ..wire.samples import sample_data
 from .common import (
@@ -54,6 +52,8 @@ def _args_emit(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_emit(args: argparse.Namespace, config: Config) -> int:
+    from ..publish import publish
+
     # A typo would be delivered to every '*' webhook; types beyond the 17 go in events.extra_types.
     registry.validate_event_type(args.type, config.events.extra_types)
     registry.validate_org(args.org)
@@ -107,6 +107,10 @@ async def _event_ids(config: Config, first: int, last: int) -> list[str]:
         await store.close()
 
 
+#: ``listen``'s port (the receiver's default, without importing aiohttp's server for --help).
+LISTEN_PORT = 8787
+
+
 def _statuses(text: str) -> list[int]:
     """``500,500,200``: final statuses (1xx are interim answers: the receiver refuses them)."""
     try:
@@ -120,8 +124,8 @@ def _statuses(text: str) -> list[int]:
 
 def _args_listen(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
-    parser.add_argument("--port", type=bounded(int, 0, 65535), default=receiver.DEFAULT_PORT,
-                        help=f"port 0..65535 (default {receiver.DEFAULT_PORT})")
+    parser.add_argument("--port", type=bounded(int, 0, 65535), default=LISTEN_PORT,
+                        help=f"port 0..65535 (default {LISTEN_PORT})")
     parser.add_argument("--secret", metavar="S", help="verify signatures with this secret")
     parser.add_argument("--tls", action="store_true",
                         help="serve HTTPS with a generated local certificate")
@@ -133,6 +137,8 @@ def _args_listen(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_listen(args: argparse.Namespace, config: Config) -> int:
+    from .. import receiver
+
     cert_dir = Path(config.database.state).parent / "listen-tls"
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(receiver.serve(host=args.host, port=args.port, secret=args.secret,
@@ -170,6 +176,10 @@ async def _demo(org: str, config: Config, max_wait: float) -> int:
     """Receiver, webhook, one event of each type, the daemon until they are delivered; on
     every way out (done, timeout, error, Ctrl-C, SIGTERM) the webhook is deleted, so no
     later run sends to the receiver that is gone."""
+    from .. import receiver
+    from ..pipeline.dispatcher import Dispatcher
+    from ..publish import publish
+
     logs.configure(fmt="console", level="warning", stream=io.StringIO())
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()

@@ -678,7 +678,7 @@ def test_demo_in_an_empty_directory_delivers_all_17_types_under_var(tmp_path: Pa
     assert len(EVENT_TYPES) == 17
     for event_type in EVENT_TYPES:
         assert f" {event_type} " in result.stdout, event_type
-    assert "delivered 17 of 17 attempts" in result.stdout
+    assert "delivered 17 of 17; see them with: " in result.stdout
     assert result.stdout.count("signature valid") == 17
     assert (workdir / "var").is_dir()
     assert (workdir / "var" / "dispatch.db").is_file() and (workdir / "var" / "nevent.db").is_file()

@@ -345,3 +345,21 @@ async def test_a_slot_handed_to_a_cancelled_waiter_passes_on():
     await asyncio.gather(first, return_exceptions=True)
     await asyncio.wait_for(second, 1)
     assert slots.free == 0 and slots.first_waiting() is None
+
+
+def test_listen_default_port_is_the_receivers() -> None:
+    """The CLI names listen's default port without importing the receiver (aiohttp's server)."""
+    from nevent_dispatch import receiver
+    from nevent_dispatch.cli import local
+    assert local.LISTEN_PORT == receiver.DEFAULT_PORT
+
+
+def test_the_command_line_starts_without_the_pipeline_or_aiohttp() -> None:
+    """--help and the reading commands do not pay for the delivery path's imports."""
+    import subprocess
+    import sys
+    code = ("import sys; import nevent_dispatch.cli; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'aiohttp' "
+            "or m.startswith('nevent_dispatch.pipeline.dispatcher') or m == 'argcomplete'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
