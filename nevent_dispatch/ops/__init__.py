@@ -21,25 +21,13 @@ from typing import Any
 from ..clock import SYSTEM, Clock
 from ..config import Config
 from ..logs import get_logger
-from .health import HealthMonitor
+from .health import HealthMonitor, wait_any
 from .notify import Notifier, watchdog_interval
 
 log = get_logger("nevent_dispatch")
 
 #: Seconds between two ``STATUS=`` lines.
 STATUS_EVERY_S = 5.0
-
-
-async def _any(events: list[asyncio.Event], timeout: float | None) -> None:
-    """Wait until one of ``events`` is set, or ``timeout`` seconds."""
-    if any(e.is_set() for e in events):
-        return
-    waiters = [asyncio.ensure_future(e.wait()) for e in events]
-    try:
-        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()
 
 
 class Operations:
@@ -91,7 +79,7 @@ class Operations:
         assert self.notifier is not None
         progress = self.dispatcher.progress
         ending = [progress.draining, self._stop]
-        await _any([progress.running, *ending], None)
+        await wait_any([progress.running, *ending], None)
         if not any(e.is_set() for e in ending):
             await self.health.check()  # the verdict of a running pipeline, not a starting one
             self.notifier.send(READY=1, STATUS=await self.status_line())
@@ -109,7 +97,7 @@ class Operations:
                 self.notifier.send(STATUS=await self.status_line())
                 next_status = mono() + STATUS_EVERY_S
             wake = min(next_status, next_watchdog if self.watchdog_s is not None else math.inf)
-            await _any(ending, max(0.0, wake - mono()))
+            await wait_any(ending, max(0.0, wake - mono()))
         self._send_stopping()
 
     async def status_line(self) -> str:

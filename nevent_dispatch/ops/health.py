@@ -14,7 +14,6 @@ anything in the pipeline: a stalled daemon is for systemd and the operator to ha
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +30,18 @@ PROBE_AFTER_S = 1.0
 #: Longest sleep of the retry scheduler (``scheduler.MAX_SLEEP``): due work it has not
 #: acted upon is overdue only beyond this plus health.stall_after.
 SCHEDULER_SLACK_S = 5.0
+
+
+async def wait_any(events: list[asyncio.Event], timeout: float | None) -> None:
+    """Wait until one of ``events`` is set, or ``timeout`` seconds."""
+    if any(e.is_set() for e in events):
+        return
+    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,12 +190,14 @@ class HealthMonitor:
             self._probe = asyncio.create_task(store.probe_write(), name="health-write-probe")
 
     async def run(self, stopping: asyncio.Event) -> None:
-        """Check until ``stopping`` is set, then once more (the verdict says stopping)."""
+        """Check every ``interval``, and at once when the pipeline starts or drains, until
+        ``stopping`` is set; then once more."""
+        progress = self.dispatcher.progress
         try:
             while not stopping.is_set():
                 await self.check()
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(stopping.wait(), self.interval)
+                turns = [progress.draining] if progress.started else [progress.running]
+                await wait_any([stopping, *turns], self.interval)
             await self.check()
         finally:
             if self._probe is not None and not self._probe.done():
