@@ -31,7 +31,8 @@ from ..conftest import Daemon, emit, free_port, one_line_error, write_config
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 UNIT = Path(__file__).resolve().parent.parent.parent / "systemd" / "nevent-dispatch.service"
-INIT_HINT = "run `nevent-dispatch init`"
+#: The hint names the command as it was invoked (here `python -m nevent_dispatch`).
+INIT_HINT = "run `python -m nevent_dispatch init`"
 
 
 def _cli(*args: str, config_path: Path | None = None, cwd: Path,
