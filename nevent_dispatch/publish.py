@@ -21,8 +21,10 @@ def publish(conn: sqlite3.Connection, type: str, organization_id: str,
             data: Mapping[str, Any]) -> int:
     """Insert one event into the outbox on ``conn`` without committing; return its outbox id.
 
+    The outbox id is the row's ``id`` (an int, growing with every event); the
+    ``evt_…`` id receivers see is the row's ``event_id``, made by the table's default.
     The event becomes visible to the daemon when the caller's transaction commits,
-    and disappears with it on rollback.
+    and disappears with it on rollback. Bad arguments raise ``ValidationError``.
     """
     if not isinstance(type, str) or not type.strip() or type != type.strip():
         raise ValidationError(
