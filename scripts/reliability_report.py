@@ -4,10 +4,12 @@
     .venv/bin/python scripts/reliability_report.py [--seed N] [--output PATH] [-- PYTEST ARGS]
 
 The tests in ``tests/reliability/`` record what they did (kills survived,
-events published and lost, duplicates seen by receivers, faults and bad
-inputs tried, load latencies) in a JSON file named by $RELIABILITY_FIGURES;
-this script runs them with that variable set, then renders the figures, the
-machine, the date, the seed and the command as Markdown. It exits with
+events published and lost, duplicates seen by receivers and where they came
+from, faults and bad inputs tried, load latencies, the delivery core's bounds)
+in a JSON file named by $RELIABILITY_FIGURES; this script runs them, and the
+unit test of the delivery state machine, with that variable set, then renders
+the figures, the states and their moves, the machine, the date, the seed and
+the command as Markdown. It exits with
 pytest's status, after writing the report either way (a failed run says so
 at the top).
 """
@@ -32,17 +34,19 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = ROOT / "docs" / "reliability.md"
 FIGURES_ENV = "RELIABILITY_FIGURES"
 SEED_ENV = "RELIABILITY_SEED"
+#: What the report runs: the reliability tests, and the state machine's guard of every
+#: state-changing statement (the moves the page lists).
+TESTS = ("tests/reliability", "tests/unit/test_state_machine.py")
 
 
 def run_tests(seed: int | None, extra: list[str]) -> tuple[int, list[str], dict[str, Any], float,
                                                            list[str]]:
-    """Run pytest on tests/reliability.
+    """Run pytest on ``TESTS``.
 
     Returns pytest's status, its summary lines (the final count and every FAILED
     line), the figures, the seconds taken and the command.
     """
-    command = [sys.executable, "-m", "pytest", "tests/reliability", "-q", "-p", "no:cacheprovider",
-               *extra]
+    command = [sys.executable, "-m", "pytest", *TESTS, "-q", "-p", "no:cacheprovider", *extra]
     with tempfile.TemporaryDirectory() as folder:
         figures_path = Path(folder) / "figures.json"
         env = {**os.environ, FIGURES_ENV: str(figures_path)}
@@ -62,22 +66,153 @@ def run_tests(seed: int | None, extra: list[str]) -> tuple[int, list[str], dict[
     return proc.returncode, [total, *failed], figures, elapsed, command
 
 
+def row(name: str, value: Any) -> str:
+    return f"| {name} | {value} |"
+
+
+def spread(figure: dict[str, float] | None) -> str:
+    """``{"median": …, "p90": …, "max": …}`` as "median 12.0 / p90 40.1 / max 80.3 ms"."""
+    if not figure:
+        return "n/a"
+    return " / ".join(f"{key} {figure[key]}" for key in ("median", "p90", "p99", "max")
+                      if key in figure) + " ms"
+
+
+def crash_section(figures: dict[str, Any]) -> list[str]:
+    """The crash test's figures, with the duplicates split by where they came from."""
+    def get(key: str) -> Any:
+        return figures.get(key, "n/a")
+
+    requests = {k: figures.get(f"crash_requests.{k}", 0) for k in ("single", "batch")}
+    resent = {k: figures.get(f"crash_resent_requests.{k}", 0) for k in ("single", "batch")}
+    events = {k: figures.get(f"crash_resent_events.{k}", 0) for k in ("single", "batch")}
+    per_kill = figures.get("crash_per_kill", [])
+    busy = [(n, r) for n, r in enumerate(per_kill, 1) if r[1]]
+    lines = [
+        "## Crash safety (`kill -9` while the application publishes)",
+        "",
+        "Delivery is at least once: a daemon killed with `kill -9` loses what it had sent but "
+        "not yet recorded, and the next daemon sends it again under the same "
+        "`X-Nevent-Delivery` id. The test splits every repeat a receiver saw by its cause; a "
+        "repeat with any other cause fails it.",
+        "",
+        "| figure | value |",
+        "|---|---|",
+        row("kills survived (SIGKILL at random moments, restarted at once)",
+            get("kills_survived")),
+        row("events published (application transactions, 2 organizations, 4 webhooks "
+            "incl. one batch-mode)", get("events_published")),
+        row("events lost (must be 0)", get("events_lost")),
+        row("requests received by the crash test's receivers",
+            f"{get('crash_deliveries')} ({requests['single']} to the 3 single-event webhooks, "
+            f"{requests['batch']} batches)"),
+        row("requests received again after a kill, same delivery id",
+            f"{resent['single'] + resent['batch']} ({resent['single']} single, "
+            f"{resent['batch']} batches)"),
+        row("duplicate event ids at receivers (repeats of an event at one webhook)",
+            f"{get('duplicates_observed')} ({events['single']} in single requests, "
+            f"{events['batch']} in the {resent['batch']} batches sent again)"),
+        row("requests one daemon sent twice (must be 0)", get("crash_same_run_resends")),
+        row("events one webhook received under two delivery ids (must be 0)",
+            get("crash_events_under_two_ids")),
+        row("resends of an attempt whose success the killed daemon had committed (must be 0)",
+            get("crash_committed_then_resent")),
+        row("receiver's answer → commit of the attempt in the state database, single",
+            spread(figures.get("crash_commit_lag_ms.single"))),
+        row("receiver's answer → commit of the attempt in the state database, batch",
+            spread(figures.get("crash_commit_lag_ms.batch"))),
+        row("how long before its kill each resent request had been answered",
+            spread(figures.get("crash_resent_age_ms"))),
+        row("seed", get("seed")),
+        "",
+    ]
+    if per_kill:
+        lines += [
+            f"Per kill: {len(per_kill) - len(busy)} of the {len(per_kill)} kills came before "
+            "that daemon had delivered anything; the others:",
+            "",
+            "| kill | alive (s) | requests it sent | sent again: single | sent again: batches "
+            "| event ids sent again | oldest lost answer (ms before the kill) |",
+            "|---|---|---|---|---|---|---|",
+            *[f"| {n} | {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]} | "
+              f"{'–' if r[5] is None else r[5]} |" for n, r in busy],
+            "",
+        ]
+    return lines
+
+
+def core_section(figures: dict[str, Any]) -> list[str]:
+    """The delivery core's bounds, as ``test_core_regressions.py`` measured them."""
+    lines = ["## Bounds of the delivery core (`tests/reliability/test_core_regressions.py`)", "",
+             "| bound | measured | limit |", "|---|---|---|"]
+    memory = figures.get("core_memory")
+    if memory:
+        lines.append(row(f"peak resident memory draining {memory['events']} events of "
+                         f"~{memory['event_kb']} KB ({memory['received']} received)",
+                         f"{memory['peak_mb']} MB | {memory['bound_mb']} MB"))
+    fair = figures.get("core_fairness")
+    if fair:
+        lines.append(row(f"another organization's events (commit → receipt, "
+                         f"{fair['events']} events) while one webhook has {fair['backlog']:,} "
+                         f"due retries at 12/min", f"median {fair['median_ms']} / max "
+                         f"{fair['max_ms']} ms | max {fair['bound_ms']:.0f} ms"))
+    off = figures.get("core_disabled_backlog")
+    if off:
+        lines.append(row(f"another webhook's events beside a disabled one's {off['backlog']:,} "
+                         f"pending deliveries", f"median {off['median_ms']} ms, CPU "
+                         f"{off['cpu_s']} s in 5 s | median {off['bound_ms']:.0f} ms, CPU "
+                         f"{off['cpu_bound_s']} s"))
+    for key, name in (("batch", "batch webhook at 10/min, burst 100"),
+                      ("toggled", "600/min, burst 100, disabled 1 s and enabled mid-backlog")):
+        bucket = figures.get(f"core_bucket.{key}")
+        if bucket:
+            total, span, bound = bucket
+            lines.append(row(f"most events in any window of T s ({name})",
+                             f"{total} in {span} s | {bound} (capacity + rate × T)"))
+    idle = figures.get("core_idle")
+    if idle:
+        lines.append(row(f"CPU of an idle daemon over {idle['window_s']:.0f} s",
+                         f"{idle['cpu_s']} s | {idle['cpu_bound_s']} s"))
+        lines.append(row("light load (5 events/s), commit → receipt",
+                         f"median {idle['light_median_ms']} ms | median "
+                         f"{idle['light_bound_ms']:.0f} ms"))
+    return [*lines, ""] if len(lines) > 4 else []
+
+
+def states_section() -> list[str]:
+    """The delivery states and their moves, from ``nevent_dispatch.models.TRANSITIONS``."""
+    sys.path.insert(0, str(ROOT))
+    from nevent_dispatch.models import TRANSITIONS
+
+    def name(state: Any) -> str:
+        return "(created)" if state is None else f"`{state.value}`"
+
+    return [
+        "## Delivery states",
+        "",
+        "Every statement that changes a delivery's state names its moves and admits only "
+        "their sources (`tests/unit/test_state_machine.py`, run with this report); the "
+        "legal moves:",
+        "",
+        "| from | to |",
+        "|---|---|",
+        *[row(name(source), ", ".join(name(t) for t in sorted(targets, key=str)) or "— (final)")
+          for source, targets in TRANSITIONS.items()],
+        "",
+    ]
+
+
 def render(status: int, summary: list[str], figures: dict[str, Any], elapsed: float,
            command: list[str], invocation: str) -> str:
     faults = figures.get("faults", [])
     bad = figures.get("bad_inputs", [])
     fuzz = {k.removeprefix("fuzz_examples."): v for k, v in sorted(figures.items())
             if k.startswith("fuzz_examples.")}
-    lost = figures.get("events_lost", "n/a")
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
     machine = (f"{os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}), "
                f"{platform.system()} {platform.release()} {platform.machine()}, "
                f"Python {platform.python_version()}")
     verdict = "all passed" if status == 0 else f"FAILED (pytest exit status {status})"
-
-    def row(name: str, value: Any) -> str:
-        return f"| {name} | {value} |"
-
     lines = [
         "# Reliability figures",
         "",
@@ -88,21 +223,7 @@ def render(status: int, summary: list[str], figures: dict[str, Any], elapsed: fl
         "",
         *[f"- {line}" for line in summary[1:]],
         *([""] if summary[1:] else []),
-        "## Crash safety (`kill -9` while the application publishes)",
-        "",
-        "| figure | value |",
-        "|---|---|",
-        row("kills survived (SIGKILL at random moments, restarted at once)",
-            figures.get("kills_survived", "n/a")),
-        row("events published (application transactions, 2 organizations, 4 webhooks "
-            "incl. one batch-mode)", figures.get("events_published", "n/a")),
-        row("events lost (must be 0)", lost),
-        row("duplicates observed (repeated event ids at receivers; at-least-once)",
-            figures.get("duplicates_observed", "n/a")),
-        row("requests received by the crash test's receivers",
-            figures.get("crash_deliveries", "n/a")),
-        row("seed", figures.get("seed", "n/a")),
-        "",
+        *crash_section(figures),
         "## Load",
         "",
         "| figure | value |",
@@ -134,7 +255,9 @@ def render(status: int, summary: list[str], figures: dict[str, Any], elapsed: fl
         "SIGTERM and SIGKILL restarts) and checks the core's invariants on the whole record: "
         "delivery to every webhook active at intake, nothing to inactive ones, a resend only "
         "after a failure, timeout or crash and always under the same delivery id, the bucket "
-        "bound, and another organization's latency bound.",
+        "bound, and another organization's latency bound:",
+        "",
+        *[f"{n}. {text}" for n, text in enumerate(figures.get("model_invariants", []))],
         "",
         "| figure | value |",
         "|---|---|",
@@ -146,6 +269,8 @@ def render(status: int, summary: list[str], figures: dict[str, Any], elapsed: fl
             ("requests", "requests received"), ("probes", "fairness probes measured"),
             ("failing_examples", "examples breaking an invariant (must be 0)"))],
         "",
+        *core_section(figures),
+        *states_section(),
         f"## Bad input ({len(bad)} inputs tried)",
         "",
         *[f"- {name}" for name in bad],

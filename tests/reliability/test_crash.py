@@ -6,6 +6,16 @@ at random moments and restarted at once, again and again. After a last run
 to idle, every event has reached every matching webhook at least once, and
 every ``X-Nevent-Delivery`` a receiver saw is a delivery the history knows.
 Set $RELIABILITY_SEED to replay a run's kill timings and event mix.
+
+The duplicates are split for the report (``split_duplicates``): requests a
+later daemon sent again under the same delivery id, per kill and per webhook
+kind (single or batch), and the repeated event ids they carried. At least
+once allows a resend only of an attempt whose result the killed daemon had not
+committed; a request sent twice by one daemon, an event under a second
+delivery id, or a resend of a success the state database holds fails the test.
+A separate process (``commit_watch``) notes when each attempt's commit becomes
+visible, which measures the window between a receiver's 200 and the state
+commit that records it: what a kill inside that window costs.
 """
 
 from __future__ import annotations
@@ -14,9 +24,16 @@ import asyncio
 import os
 import random
 import sqlite3
+import statistics
+import subprocess
+import sys
 import threading
 import time
-from collections import Counter
+from bisect import bisect_right
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,7 +41,10 @@ import pytest
 from nevent_dispatch.publish import publish
 
 from ..conftest import BATCH_EVENTS_SQL
+from . import commit_watch
 from .conftest import SEED_ENV
+
+ROOT = Path(__file__).resolve().parents[2]
 
 KILLS = 24
 EVENTS = 3000
@@ -76,10 +96,126 @@ def matches(webhook: str, org: str, type_: str) -> bool:
     return org == "org_b"  # "other_org"
 
 
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """One request a receiver saw: whose, its delivery id, when, what it carried."""
+
+    webhook: str
+    kind: str  # "batch" or "single"
+    delivery: str
+    at: float
+    event_ids: tuple[str, ...]
+
+
+@dataclass
+class Split:
+    """Where the receivers' duplicates came from (see ``split_duplicates``)."""
+
+    #: Requests sent again under the same delivery id by a later daemon, by kind.
+    resent: Counter[str] = field(default_factory=Counter)
+    #: Event ids repeated by those resends, by kind.
+    resent_events: Counter[str] = field(default_factory=Counter)
+    #: Requests sent twice by one daemon (must be none).
+    same_run: list[str] = field(default_factory=list)
+    #: Event ids one webhook received under more than one delivery id (must be none).
+    other_id: list[str] = field(default_factory=list)
+    #: Seconds from each resent request's last answer to the kill that lost it.
+    ages: list[float] = field(default_factory=list)
+    #: Per kill: [seconds alive, requests received, resent single, resent batch,
+    #: event ids resent, oldest resent answer before the kill in ms (None: none resent)].
+    per_kill: list[list[Any]] = field(default_factory=list)
+
+
+def daemon_at(runs: Sequence[tuple[float, float]]) -> Callable[[float], int]:
+    """Which daemon a moment belongs to: the last one started before it (its index in
+    ``runs``, the daemons' (start, kill) wall times in order, the last one's kill ``inf``)."""
+    starts = [start for start, _ in runs]
+    return lambda at: max(0, bisect_right(starts, at) - 1)
+
+
+def split_duplicates(receipts: Sequence[Receipt], runs: Sequence[tuple[float, float]]) -> Split:
+    """Split duplicates by cause: a later daemon's resend (per kill, per kind) or a defect."""
+    run_of = daemon_at(runs)
+    split = Split()
+    by_delivery: dict[str, list[Receipt]] = defaultdict(list)
+    ids_of_event: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for receipt in sorted(receipts, key=lambda r: r.at):
+        by_delivery[receipt.delivery].append(receipt)
+        for event_id in receipt.event_ids:
+            ids_of_event[receipt.webhook, event_id].add(receipt.delivery)
+    split.other_id = sorted(f"{w}:{e}" for (w, e), ids in ids_of_event.items() if len(ids) > 1)
+    kill_rows = [[round(kill - start, 3), 0, 0, 0, 0, None] for start, kill in runs[:-1]]
+    for receipt in receipts:
+        if run_of(receipt.at) < len(kill_rows):
+            kill_rows[run_of(receipt.at)][1] += 1
+    for delivery, copies in by_delivery.items():
+        for before, after in zip(copies, copies[1:], strict=False):
+            lost_in = run_of(before.at)
+            if run_of(after.at) == lost_in:
+                split.same_run.append(delivery)
+                continue
+            split.resent[before.kind] += 1
+            split.resent_events[before.kind] += len(before.event_ids)
+            age = runs[lost_in][1] - before.at
+            split.ages.append(age)
+            row = kill_rows[lost_in]
+            row[2 if before.kind == "single" else 3] += 1
+            row[4] += len(before.event_ids)
+            row[5] = max(row[5] or 0.0, round(age * 1000, 1))
+    split.per_kill = kill_rows
+    return split
+
+
+def resent_after_commit(state: sqlite3.Connection, runs: Sequence[tuple[float, float]],
+                        receipts: Sequence[Receipt]) -> list[str]:
+    """Delivery ids a later daemon sent again although an earlier one had committed their
+    success: a resend that at least once does not excuse."""
+    run_of = daemon_at(runs)
+    seen_by: dict[str, set[int]] = defaultdict(set)
+    for receipt in receipts:
+        seen_by[receipt.delivery].add(run_of(receipt.at))
+    wrong = set()
+    for uuid, started_at in state.execute(
+            "SELECT d.uuid, a.started_at FROM attempts a JOIN deliveries d ON d.id = a.delivery_id "
+            "WHERE a.outcome = 'success'"):
+        if len(seen_by.get(uuid, ())) > 1 and max(seen_by[uuid]) > run_of(started_at):
+            wrong.add(uuid)  # committed by one daemon, received again from a later one
+    return sorted(wrong)
+
+
+def commit_lags(receipts: Sequence[Receipt], committed: dict[str, float]) -> dict[str, list[float]]:
+    """Seconds from a receiver's answer to the commit that recorded it, by webhook kind.
+
+    The answer recorded is a delivery's last receipt before its success was committed.
+    """
+    answered: dict[str, Receipt] = {}
+    for receipt in sorted(receipts, key=lambda r: r.at):
+        at = committed.get(receipt.delivery)
+        if at is not None and receipt.at <= at:
+            answered[receipt.delivery] = receipt
+    lags: dict[str, list[float]] = defaultdict(list)
+    for delivery, receipt in answered.items():
+        lags[receipt.kind].append(committed[delivery] - receipt.at)
+    return lags
+
+
+def spread_ms(values: Sequence[float]) -> dict[str, float]:
+    """Median, 90th and 99th percentile and maximum of seconds, in milliseconds."""
+    return {"median": round(statistics.median(values) * 1000, 1),
+            "p90": round(percentile(values, 0.9) * 1000, 1),
+            "p99": round(percentile(values, 0.99) * 1000, 1),
+            "max": round(max(values) * 1000, 1)}
+
+
+def percentile(values: Sequence[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(150)
 async def test_kill_9_at_random_moments_loses_no_event(
-        store, make_config, make_receiver, make_webhook, daemon, figures):
+        store, make_config, make_receiver, make_webhook, daemon, figures, tmp_path):
     """≥ 20 SIGKILLs during a few thousand publishes: each event reaches each matching webhook."""
     seed = int(os.environ.get(SEED_ENV) or random.SystemRandom().randrange(2**32))
     print(f"crash test seed: {seed} (replay with {SEED_ENV}={seed})")
@@ -99,22 +235,31 @@ async def test_kill_9_at_random_moments_loses_no_event(
     }
     publisher = Publisher(config.database.outbox, EVENTS, rng.randrange(2**32))
     kills = 0
+    runs: list[tuple[float, float]] = []  # wall times of each daemon's start and kill
     started = time.monotonic()
-    publisher.start()
+    commits = tmp_path / "commits.txt"
+    watcher = subprocess.Popen([sys.executable, "-m", "tests.reliability.commit_watch",
+                                str(config.database.state), str(commits)], cwd=ROOT)
     try:
+        publisher.start()
         while kills < KILLS or publisher.is_alive():
+            born = time.time()
             process = daemon(config)
             await asyncio.sleep(rng.uniform(0.05, 1.0))
+            runs.append((born, time.time()))
             await asyncio.to_thread(process.stop)  # SIGKILL, then reap
             kills += 1
             assert time.monotonic() - started < 90, f"kill loop too slow (seed={seed})"
+        runs.append((time.time(), float("inf")))
+        final = daemon(config, "", "--until-idle")
+        code = await asyncio.to_thread(final.wait, 60)
     finally:
         publisher.stopping.set()
-        await asyncio.to_thread(publisher.join, 30)
+        if publisher.ident is not None:
+            await asyncio.to_thread(publisher.join, 30)
+        watcher.terminate()
+        await asyncio.to_thread(watcher.wait, 10)
     assert publisher.error is None, f"publisher failed: {publisher.error!r} (seed={seed})"
-
-    final = daemon(config, "", "--until-idle")
-    code = await asyncio.to_thread(final.wait, 60)
     assert code == 0, f"final run exited {code} (seed={seed})"
     broken = [line for line in final.log_lines()
               if line.get("event") in ("task_failed", "lane_failed", "webhooks_invalid")
@@ -143,6 +288,12 @@ async def test_kill_9_at_random_moments_loses_no_event(
         unfinished = state.execute(
             "SELECT state, count(*) FROM deliveries WHERE state != 'delivered' GROUP BY 1"
         ).fetchall()
+        receipts = [Receipt(name, "batch" if name == "batch" else "single",
+                            r.headers["X-Nevent-Delivery"], r.received_at,
+                            tuple(e["id"] for e in (r.json()["events"] if name == "batch"
+                                                    else [r.json()])))
+                    for name, receiver in receivers.items() for r in receiver.requests]
+        committed_then_resent = resent_after_commit(state, runs, receipts)
     finally:
         state.close()
 
@@ -167,11 +318,63 @@ async def test_kill_9_at_random_moments_loses_no_event(
     figures.add("events_lost", len(lost))
     figures.add("duplicates_observed", duplicates)
     figures.set("crash_deliveries", sum(len(r.requests) for r in receivers.values()))
-    print(f"kills={kills} events={len(outbox)} lost={len(lost)} duplicates={duplicates}")
+    split = split_duplicates(receipts, runs)
+    for kind in ("single", "batch"):
+        figures.set(f"crash_requests.{kind}", sum(r.kind == kind for r in receipts))
+        figures.set(f"crash_resent_requests.{kind}", split.resent[kind])
+        figures.set(f"crash_resent_events.{kind}", split.resent_events[kind])
+    figures.set("crash_same_run_resends", len(split.same_run))
+    figures.set("crash_events_under_two_ids", len(split.other_id))
+    figures.set("crash_committed_then_resent", len(committed_then_resent))
+    figures.set("crash_per_kill", split.per_kill)
+    if split.ages:
+        figures.set("crash_resent_age_ms", spread_ms(split.ages))
+    committed = commit_watch.read(commits)
+    assert committed, f"the commit watcher saw no commit in {commits}"
+    for kind, lags in commit_lags(receipts, committed).items():
+        figures.set(f"crash_commit_lag_ms.{kind}", spread_ms(lags))
+    print(f"kills={kills} events={len(outbox)} lost={len(lost)} duplicates={duplicates} "
+          f"resent={dict(split.resent)} resent_events={dict(split.resent_events)} "
+          f"same_run={len(split.same_run)} other_id={len(split.other_id)} "
+          f"committed_then_resent={len(committed_then_resent)}")
 
     assert kills >= 20
     assert not lost, f"{len(lost)} events lost, e.g. {lost[:3]} (seed={seed})"
     assert not unknown, f"receivers saw delivery ids the history does not know: " \
                         f"{sorted(unknown)[:3]} (seed={seed})"
     assert not per_pair and not per_item, f"not one record per event and webhook (seed={seed})"
+    assert not split.same_run, f"one daemon sent a delivery twice: {split.same_run[:3]} " \
+                               f"(seed={seed})"
+    assert not split.other_id, f"events received under two delivery ids: {split.other_id[:3]} " \
+                               f"(seed={seed})"
+    assert not committed_then_resent, f"resent after its success was committed: " \
+                                      f"{committed_then_resent[:3]} (seed={seed})"
+    assert duplicates == sum(split.resent_events.values()), \
+        f"duplicates not all explained by resends (seed={seed})"
     assert not unfinished, f"deliveries left unfinished: {unfinished} (seed={seed})"
+
+
+def test_the_split_tells_a_resend_after_a_kill_from_a_defect():
+    """A repeat across a kill is a resend; within one daemon, or under a new id, a defect."""
+    runs = [(0.0, 10.0), (11.0, 20.0), (21.0, float("inf"))]
+    receipts = [
+        Receipt("all", "single", "d1", 9.5, ("e1",)),      # lost in kill 1, sent again
+        Receipt("all", "single", "d1", 12.0, ("e1",)),
+        Receipt("batch", "batch", "b1", 19.0, ("e2", "e3")),  # lost in kill 2, sent again
+        Receipt("batch", "batch", "b1", 22.0, ("e2", "e3")),
+        Receipt("all", "single", "d2", 13.0, ("e4",)),     # twice by the same daemon
+        Receipt("all", "single", "d2", 14.0, ("e4",)),
+        Receipt("all", "single", "d3", 15.0, ("e5",)),     # one event, two delivery ids
+        Receipt("all", "single", "d4", 16.0, ("e5",)),
+        Receipt("other_org", "single", "d5", 16.0, ("e1",)),  # another webhook: no repeat
+    ]
+    split = split_duplicates(receipts, runs)
+    assert split.resent == {"single": 1, "batch": 1}
+    assert split.resent_events == {"single": 1, "batch": 2}
+    assert split.same_run == ["d2"]
+    assert split.other_id == ["all:e5"]
+    assert [round(a, 3) for a in split.ages] == [0.5, 1.0]
+    assert split.per_kill == [[10.0, 1, 1, 0, 1, 500.0], [9.0, 7, 0, 1, 2, 1000.0]]
+    committed = {"d1": 12.5, "b1": 22.1, "d2": 13.5}
+    assert {k: [round(x, 3) for x in v] for k, v in commit_lags(receipts, committed).items()} \
+        == {"single": [0.5, 0.5], "batch": [0.1]}
