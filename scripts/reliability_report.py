@@ -99,7 +99,8 @@ def crash_section(figures: dict[str, Any]) -> list[str]:
         "| figure | value |",
         "|---|---|",
         row("kills survived (SIGKILL at random moments, restarted at once)",
-            get("kills_survived")),
+            f"{get('kills_survived')} ({get('crash_kills_delivering')} of them while the daemon "
+            "was ready to send, the others while it started up)"),
         row("events published (application transactions, 2 organizations, 4 webhooks "
             "incl. one batch-mode)", get("events_published")),
         row("events lost (must be 0)", get("events_lost")),
@@ -129,9 +130,10 @@ def crash_section(figures: dict[str, Any]) -> list[str]:
     if per_kill:
         lines += [
             f"Per kill: {len(per_kill) - len(busy)} of the {len(per_kill)} kills came before "
-            "that daemon had delivered anything; the others:",
+            "that daemon had sent anything; the others (a daemon is ready to send once it has "
+            "started up and logged `dispatcher_started`):",
             "",
-            "| kill | alive (s) | requests it sent | sent again: single | sent again: batches "
+            "| kill | ready to send for (s) | requests it sent | sent again: single | sent again: batches "
             "| event ids sent again | oldest lost answer (ms before the kill) |",
             "|---|---|---|---|---|---|---|",
             *[f"| {n} | {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]} | "

@@ -2,7 +2,8 @@
 
 An application thread publishes events with ``publish()`` in its own
 transactions on its own connection while a real daemon is killed with SIGKILL
-at random moments and restarted at once, again and again. After a last run
+at random moments and restarted at once, again and again: a quarter of the
+kills while it starts up, the others while it delivers. After a last run
 to idle, every event has reached every matching webhook at least once, and
 every ``X-Nevent-Delivery`` a receiver saw is a delivery the history knows.
 Set $RELIABILITY_SEED to replay a run's kill timings and event mix.
@@ -21,6 +22,7 @@ commit that records it: what a kill inside that window costs.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import os
 import random
 import sqlite3
@@ -47,6 +49,11 @@ from .conftest import SEED_ENV
 ROOT = Path(__file__).resolve().parents[2]
 
 KILLS = 24
+#: Share of the kills that come while a daemon starts up (anywhere in its first second); the
+#: others come while it delivers, up to DELIVERING_S after it is ready to send. Starting
+#: takes most of a second here, so kills at random from the spawn would mostly miss delivery.
+START_UP_KILLS = 0.25
+DELIVERING_S = 0.6
 EVENTS = 3000
 #: Seconds the publisher spreads its events over (about as long as the kills take).
 PUBLISH_SPAN = 18.0
@@ -121,14 +128,41 @@ class Split:
     other_id: list[str] = field(default_factory=list)
     #: Seconds from each resent request's last answer to the kill that lost it.
     ages: list[float] = field(default_factory=list)
-    #: Per kill: [seconds alive, requests received, resent single, resent batch,
+    #: Per kill: [seconds it could send, requests received, resent single, resent batch,
     #: event ids resent, oldest resent answer before the kill in ms (None: none resent)].
     per_kill: list[list[Any]] = field(default_factory=list)
 
 
+async def until_ready(log_path: Path, offset: int, timeout: float) -> bool:
+    """Wait until the daemon writing ``log_path`` past ``offset`` is ready to send (or
+    ``timeout`` s have passed): the one daemon alive appends its lines after the last one's."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with log_path.open("rb") as log:
+            log.seek(offset)
+            if b'"event":"dispatcher_started"' in log.read():
+                return True
+        await asyncio.sleep(0.02)
+    return False
+
+
+def ready_times(log_lines: Sequence[dict[str, Any]]) -> dict[int, float]:
+    """When each daemon of a shared log could first send (its ``dispatcher_started``), by pid;
+    a daemon killed before that has none."""
+    ready: dict[int, float] = {}
+    pid = None
+    for line in log_lines:
+        if line.get("event") == "daemon_started":
+            pid = line.get("pid")
+        elif line.get("event") == "dispatcher_started" and pid is not None:
+            ready[pid] = dt.datetime.fromisoformat(line["timestamp"]).timestamp()
+    return ready
+
+
 def daemon_at(runs: Sequence[tuple[float, float]]) -> Callable[[float], int]:
     """Which daemon a moment belongs to: the last one started before it (its index in
-    ``runs``, the daemons' (start, kill) wall times in order, the last one's kill ``inf``)."""
+    ``runs``: each daemon's (ready to send, kill) wall times in order, the last kill ``inf``;
+    one killed before it was ready has the kill time for both)."""
     starts = [start for start, _ in runs]
     return lambda at: max(0, bisect_right(starts, at) - 1)
 
@@ -235,22 +269,29 @@ async def test_kill_9_at_random_moments_loses_no_event(
     }
     publisher = Publisher(config.database.outbox, EVENTS, rng.randrange(2**32))
     kills = 0
-    runs: list[tuple[float, float]] = []  # wall times of each daemon's start and kill
+    killed: list[tuple[int, float, float]] = []  # each daemon's pid, start and kill (wall times)
     started = time.monotonic()
     commits = tmp_path / "commits.txt"
+    log_path = tmp_path / "daemon.log"  # the daemon fixture's, shared by every daemon
     watcher = subprocess.Popen([sys.executable, "-m", "tests.reliability.commit_watch",
                                 str(config.database.state), str(commits)], cwd=ROOT)
     try:
         publisher.start()
         while kills < KILLS or publisher.is_alive():
             born = time.time()
+            offset = log_path.stat().st_size if log_path.exists() else 0
             process = daemon(config)
-            await asyncio.sleep(rng.uniform(0.05, 1.0))
-            runs.append((born, time.time()))
+            if rng.random() < START_UP_KILLS:
+                await asyncio.sleep(rng.uniform(0.05, 1.0))
+            else:
+                await until_ready(log_path, offset, timeout=15)
+                await asyncio.sleep(rng.uniform(0.0, DELIVERING_S))
+            assert process.proc is not None
+            killed.append((process.proc.pid, born, time.time()))
             await asyncio.to_thread(process.stop)  # SIGKILL, then reap
             kills += 1
             assert time.monotonic() - started < 90, f"kill loop too slow (seed={seed})"
-        runs.append((time.time(), float("inf")))
+        born = time.time()
         final = daemon(config, "", "--until-idle")
         code = await asyncio.to_thread(final.wait, 60)
     finally:
@@ -265,6 +306,13 @@ async def test_kill_9_at_random_moments_loses_no_event(
               if line.get("event") in ("task_failed", "lane_failed", "webhooks_invalid")
               or "Traceback" in line.get("raw", "") or "internal error" in line.get("raw", "")]
     assert not broken, f"the daemon failed on its own: {broken[:3]} (seed={seed})"
+    # Each daemon's life, for the split, from when it could first send: a request of a
+    # killed daemon that the receiver read after the next one was spawned is still its own.
+    ready = ready_times(final.log_lines())
+    assert final.proc is not None
+    runs = [(ready.get(pid, kill), kill) for pid, _, kill in killed]
+    runs.append((ready.get(final.proc.pid, born), float("inf")))
+    delivering = sum(1 for start, kill in runs[:-1] if start < kill)
 
     # -- what the application published ------------------------------------------------------
     conn = sqlite3.connect(config.database.outbox)
@@ -314,6 +362,7 @@ async def test_kill_9_at_random_moments_loses_no_event(
                 lost.append((name, event_id))
 
     figures.add("kills_survived", kills)
+    figures.set("crash_kills_delivering", delivering)
     figures.add("events_published", len(outbox))
     figures.add("events_lost", len(lost))
     figures.add("duplicates_observed", duplicates)
@@ -339,6 +388,7 @@ async def test_kill_9_at_random_moments_loses_no_event(
           f"committed_then_resent={len(committed_then_resent)}")
 
     assert kills >= 20
+    assert delivering >= KILLS // 2, f"only {delivering} kills came while a daemon could send"
     assert not lost, f"{len(lost)} events lost, e.g. {lost[:3]} (seed={seed})"
     assert not unknown, f"receivers saw delivery ids the history does not know: " \
                         f"{sorted(unknown)[:3]} (seed={seed})"
