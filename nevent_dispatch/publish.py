@@ -14,7 +14,11 @@ from typing import Any
 import orjson
 
 from .errors import ValidationError
-from .store.sqlite.sql import PUBLISH
+
+#: The statement, read on the first call: importing it brings the store's package (and
+#: aiosqlite) in, which neither ``from nevent_dispatch import verify`` nor the command
+#: line's --help needs.
+_statement: list[str] = []
 
 
 def publish(conn: sqlite3.Connection, type: str, organization_id: str,
@@ -38,5 +42,8 @@ def publish(conn: sqlite3.Connection, type: str, organization_id: str,
         text = orjson.dumps(data).decode()
     except TypeError as exc:
         raise ValidationError(f"publish: data is not JSON-serializable: {exc}") from None
-    cur = conn.execute(PUBLISH, (type, organization_id, text))
+    if not _statement:
+        from .store.sqlite.sql import PUBLISH
+        _statement.append(PUBLISH)
+    cur = conn.execute(_statement[0], (type, organization_id, text))
     return int(cur.lastrowid or 0)

@@ -363,3 +363,14 @@ def test_the_command_line_starts_without_the_pipeline_or_aiohttp() -> None:
             "or m.startswith('nevent_dispatch.pipeline.dispatcher') or m == 'argcomplete'))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_publish_is_the_function_whatever_was_imported_first() -> None:
+    """The package's ``publish`` is the function even once the module of the same name has
+    been imported (as the command line does), in a fresh interpreter."""
+    import subprocess
+    import sys
+    code = ("import nevent_dispatch.cli.local, nevent_dispatch.publish; "
+            "from nevent_dispatch import publish; print(callable(publish))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True"
