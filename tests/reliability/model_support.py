@@ -42,7 +42,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from nevent_dispatch import publish
+from nevent_dispatch.publish import publish
 
 # -- the daemon's settings the checks depend on ------------------------------------------------
 

@@ -3,7 +3,8 @@
 Each test states one behaviour the core must keep: a webhook toggled during a
 backlog sends each delivery once; one customer's backlog, rate limit or
 disabled history never delays another's events; the token bucket's bound
-holds over every window, batches included; a 429 or 503 with Retry-After
+holds over every window, batches included (those made at start-up from
+events a killed daemon left waiting too); a 429 or 503 with Retry-After
 pauses the whole webhook; hostile outbox rows are refused, exact payloads are
 sent as written; memory stays bounded in bytes; an idle daemon is idle; a
 full disk under the state database is waited out. They run the daemon as a
@@ -138,7 +139,8 @@ def neighbour_latencies(receiver: ThreadedReceiver, committed: dict[int, float],
 
 
 @pytest.mark.slow
-def test_a_rate_limited_backlog_of_one_customer_does_not_delay_another_customers_events(make_bench):
+def test_a_rate_limited_backlog_of_one_customer_does_not_delay_another_customers_events(
+        make_bench, figures):
     """While org_a's webhook has 25,000 due retries at 12/min, each org_b event arrives within 1 s."""
     bench = make_bench(delivery={"retry_schedule": [0.5]})
     slow_receiver, healthy_receiver = bench.receiver(), bench.receiver()
@@ -153,6 +155,10 @@ def test_a_rate_limited_backlog_of_one_customer_does_not_delay_another_customers
     alive(daemon)
     print(f"org_b commit->receipt: median {median(latencies) * 1000:.0f} ms, "
           f"max {latencies[-1] * 1000:.0f} ms; org_a received {slow_receiver.count()}")
+    figures.set("core_fairness", {"backlog": SLOW_BACKLOG, "events": len(latencies),
+                                  "median_ms": round(median(latencies) * 1000, 1),
+                                  "max_ms": round(latencies[-1] * 1000, 1),
+                                  "bound_ms": NEIGHBOUR_BOUND_S * 1000})
     assert slow_receiver.count() < 40, "org_a's backlog stood throughout"
     assert max(latencies) < NEIGHBOUR_BOUND_S, [round(x, 3) for x in latencies]
 
@@ -170,7 +176,7 @@ DISABLED_CPU_BOUND_S = 0.6
 
 
 @pytest.mark.slow
-def test_a_disabled_webhooks_pending_backlog_does_not_slow_the_other_webhooks(make_bench):
+def test_a_disabled_webhooks_pending_backlog_does_not_slow_the_other_webhooks(make_bench, figures):
     """With 300,000 pending deliveries of a disabled webhook, another's events arrive in < 100 ms (p50)."""
     bench = make_bench()
     healthy_receiver = bench.receiver()
@@ -189,6 +195,10 @@ def test_a_disabled_webhooks_pending_backlog_does_not_slow_the_other_webhooks(ma
     alive(daemon)
     print(f"org_b commit->receipt: median {median(latencies) * 1000:.0f} ms, "
           f"max {latencies[-1] * 1000:.0f} ms; daemon CPU over 5 s: {cpu:.2f} s")
+    figures.set("core_disabled_backlog", {
+        "backlog": DISABLED_BACKLOG, "median_ms": round(median(latencies) * 1000, 1),
+        "bound_ms": DISABLED_P50_BOUND_S * 1000, "cpu_s": round(cpu, 2),
+        "cpu_bound_s": DISABLED_CPU_BOUND_S})
     assert median(latencies) < DISABLED_P50_BOUND_S, [round(x, 3) for x in latencies]
     assert cpu < DISABLED_CPU_BOUND_S, f"the daemon spent {cpu:.2f} s of CPU delivering 25 events"
 
@@ -225,7 +235,7 @@ def arrivals_of(receiver: ThreadedReceiver) -> list[tuple[float, int]]:
     return [(hit.received_at, len(hit.events())) for hit in receiver.hits]
 
 
-def test_a_quiet_batch_webhook_receives_at_most_its_bucket_capacity_at_once(make_bench):
+def test_a_quiet_batch_webhook_receives_at_most_its_bucket_capacity_at_once(make_bench, figures):
     """Batch mode, 10 events/min, burst 100: in any window of T s at most 10 + T/6 events arrive."""
     bench = make_bench(batch={"max_events": 100, "max_wait": 0.2},
                        rate_limit={"events_per_minute": 1000, "burst": 100})
@@ -240,11 +250,13 @@ def test_a_quiet_batch_webhook_receives_at_most_its_bucket_capacity_at_once(make
     total, span, bound = worst_window(arrivals_of(receiver), capacity, 10 / 60)
     print(f"requests {receiver.count()}, events {len(receiver.events())}; worst window: "
           f"{total} events in {span:.2f} s, bound {bound:.1f}")
+    figures.set("core_bucket.batch", [total, round(span, 2), round(bound, 1)])
     assert total <= bound, f"{total} events in {span:.2f} s, over capacity + rate x T = {bound:.1f}"
 
 
 @pytest.mark.slow
-def test_a_webhooks_bucket_bound_holds_over_every_window_across_a_disable_and_enable(make_bench):
+def test_a_webhooks_bucket_bound_holds_over_every_window_across_a_disable_and_enable(
+        make_bench, figures):
     """600 events/min, burst 100, disabled for 1 s mid-backlog: any T s window holds <= 100 + 10 T."""
     bench = make_bench(rate_limit={"events_per_minute": 1000, "burst": 100})
     receiver = bench.receiver()
@@ -261,8 +273,39 @@ def test_a_webhooks_bucket_bound_holds_over_every_window_across_a_disable_and_en
     total, span, bound = worst_window(arrivals_of(receiver), 100, 10)
     print(f"events {receiver.count()}; worst window: {total} events in {span:.2f} s, "
           f"bound {bound:.1f}")
+    figures.set("core_bucket.toggled", [total, round(span, 2), round(bound, 1)])
     assert receiver.count() < 400, "the backlog stood throughout"
     assert total <= bound, f"{total} events in {span:.2f} s, over capacity + rate x T = {bound:.1f}"
+
+
+#: A webhook's bucket (events/min, so also its capacity), and the events a killed daemon
+#: left waiting for a batch once the bucket was empty.
+LEFTOVER_LIMIT = 5
+LEFTOVER_EVENTS = 7
+
+
+def test_batches_made_at_start_up_from_leftover_events_are_no_larger_than_the_bucket(make_bench):
+    """7 events a killed daemon left waiting for a batch, bucket of 5: batches of at most 5."""
+    bench = make_bench(batch={"max_events": 100, "max_wait": 0.2})
+    receiver = bench.receiver()
+    bench.webhook(receiver.url, rate_limit=LEFTOVER_LIMIT, batch=True)
+    first = bench.start_daemon()
+    bench.emit(("fan.created", "org_a", {"n": n}) for n in range(LEFTOVER_LIMIT))
+    wait_for(lambda: receiver.count(), 30, "the batch that empties the bucket")
+    # The next events wait for tokens (a minute for 5) in the lane, then the daemon dies.
+    bench.emit(("fan.created", "org_a", {"n": n}) for n in range(100, 100 + LEFTOVER_EVENTS))
+    wait_for(lambda: bench.cursor() >= bench.outbox_max_id(), 30, "the events taken in")
+    time.sleep(0.5)
+    first.stop()
+    assert receiver.count() == 1, "a batch went out with the bucket empty"
+    daemon = bench.start_daemon()  # a new process: its bucket starts full
+    wait_for(lambda: receiver.count() >= 2, 30, "the first batch after the restart")
+    time.sleep(1.0)  # a batch of the rest, if one were sent at once
+    alive(daemon)
+    sizes = [len(hit.events()) for hit in receiver.hits[1:]]
+    print(f"batches after the restart: {sizes}")
+    assert max(sizes) <= LEFTOVER_LIMIT, f"a batch of {max(sizes)} events, bucket of {LEFTOVER_LIMIT}"
+    assert sum(sizes) == LEFTOVER_LIMIT, "the bucket's worth goes at once, the rest waits for tokens"
 
 
 # -- 5. 429 and 503 with Retry-After pause the whole webhook -------------------------------------------
@@ -417,7 +460,8 @@ EVENT_ID_RE = re.compile(rb'"id":"([^"]+)"')
 
 
 @pytest.mark.slow
-def test_draining_a_backlog_of_large_events_keeps_the_daemons_memory_bounded_in_bytes(make_bench):
+def test_draining_a_backlog_of_large_events_keeps_the_daemons_memory_bounded_in_bytes(
+        make_bench, figures):
     """600 events of ~900 KB (540 MB) drain with the daemon's resident memory under 400 MB."""
     bench = make_bench(rate_limit={"events_per_minute": 10_000_000, "burst": 100_000},
                        delivery={"timeout": 30.0})
@@ -442,6 +486,9 @@ def test_draining_a_backlog_of_large_events_keeps_the_daemons_memory_bounded_in_
         wait_for(lambda: alive(daemon) or received() >= LARGE_EVENTS, 100, "the drain", interval=0.2)
     print(f"peak RSS {sampler.peak / 2**20:.0f} MB over {sampler.samples} samples; "
           f"received {received()} events")
+    figures.set("core_memory", {"events": LARGE_EVENTS, "event_kb": LARGE_EVENT_CHARS // 1000,
+                                "received": received(), "peak_mb": round(sampler.peak / 2**20),
+                                "bound_mb": PEAK_RSS_BOUND // 2**20})
     assert sampler.samples >= 10
     assert sampler.peak < PEAK_RSS_BOUND, f"peak RSS {sampler.peak / 2**20:.0f} MB"
 
@@ -460,7 +507,8 @@ LIGHT_LOAD_MEDIAN_BOUND_S = 0.050
 
 
 @pytest.mark.slow
-def test_an_idle_daemon_uses_almost_no_cpu_and_still_delivers_light_traffic_at_once(make_bench):
+def test_an_idle_daemon_uses_almost_no_cpu_and_still_delivers_light_traffic_at_once(
+        make_bench, figures):
     """Idle for 5 s the daemon uses < 0.075 s of CPU; then 1 event per 200 ms arrives in < 50 ms (median)."""
     bench = make_bench()
     daemon = bench.start_daemon()
@@ -484,6 +532,10 @@ def test_an_idle_daemon_uses_almost_no_cpu_and_still_delivers_light_traffic_at_o
     alive(daemon)
     print(f"idle CPU over {IDLE_WINDOW_S:.0f} s: {idle_cpu:.3f} s; light-load commit->receipt "
           f"median {median(latencies) * 1000:.1f} ms, max {latencies[-1] * 1000:.1f} ms")
+    figures.set("core_idle", {"cpu_s": round(idle_cpu, 3), "cpu_bound_s": IDLE_CPU_BOUND_S,
+                              "window_s": IDLE_WINDOW_S,
+                              "light_median_ms": round(median(latencies) * 1000, 1),
+                              "light_bound_ms": LIGHT_LOAD_MEDIAN_BOUND_S * 1000})
     assert idle_cpu < IDLE_CPU_BOUND_S, f"{idle_cpu:.3f} s of CPU in {IDLE_WINDOW_S:.0f} s idle"
     assert median(latencies) < LIGHT_LOAD_MEDIAN_BOUND_S, [round(x, 4) for x in latencies]
 

@@ -548,6 +548,7 @@ def conclude(run: Run, figures: Any, name: str) -> None:
     for key in ("steps", "kills", "restarts", "events", "requests", "probes"):
         figures.add(f"model_{key}", counts[key])
     figures.add("model_failing_examples", len(run.failures))
+    figures.set("model_invariants", [ms.INVARIANTS[n] for n in sorted(ms.INVARIANTS)])
     if not run.failures:
         return
     broken = sorted({n for _, invariants, _ in run.failures for n in invariants})
