@@ -1,10 +1,11 @@
 """The steady publisher: events through ``publish()`` at a fixed rate, one commit each.
 
 Run as ``python -m bench.publisher``; writes ``{"commits": [[seq, committed_at], …],
-…}`` as JSON to ``--out``. Each event is inserted with ``nevent_dispatch.publish``
-on the application's own ``sqlite3`` connection and committed on its own, as one
-web request of the application would; its data carries ``seq`` and ``sent_at``
-(the wall time just before the insert). The schedule is absolute (event i is due
+"commit_s": [seconds each insert and commit took, …], …}`` as JSON to ``--out``.
+Each event is inserted with ``nevent_dispatch.publish`` on the application's own
+``sqlite3`` connection and committed on its own, as one web request of the
+application would; its data carries ``seq`` and ``sent_at`` (the wall time just
+before the insert). The schedule is absolute (event i is due
 at start + i / rate), so one slow commit is caught up instead of delaying every
 later event; when the publisher cannot keep up, the achieved rate says so.
 """
@@ -28,6 +29,7 @@ def publish_steadily(outbox: Path, rate: float, duration_s: float, orgs: int, fi
                      payloads: Payloads) -> dict[str, object]:
     count = int(rate * duration_s)
     commits: list[tuple[int, float]] = []
+    took: list[float] = []
     conn = sqlite3.connect(outbox, timeout=5.0)
     try:
         start = time.monotonic()
@@ -37,13 +39,15 @@ def publish_steadily(outbox: Path, rate: float, duration_s: float, orgs: int, fi
             if ahead > 0:
                 time.sleep(ahead)
             seq = first_seq + i
+            began = time.perf_counter()
             publish(conn, EVENT_TYPE, org_name(seq % orgs), payloads.data(seq, time.time()))
             conn.commit()
             commits.append((seq, time.time()))
+            took.append(time.perf_counter() - began)
         elapsed = time.monotonic() - start
     finally:
         conn.close()
-    return {"commits": commits, "elapsed_s": elapsed,
+    return {"commits": commits, "commit_s": took, "elapsed_s": elapsed,
             "achieved_rate": count / elapsed if elapsed > 0 else 0.0}
 
 

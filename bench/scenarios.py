@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from . import fixtures, ops_figures
+from . import fixtures, ops_figures, retention_figures
 from .daemon import Daemon
 from .fixtures import one_org, one_per_org
 from .harness import MAX_IN_FLIGHT, Bench, describe, ms
@@ -617,6 +617,7 @@ FIGURES = {
     "api-load": api_load,
     "api-history": api_history,
     "metrics": ops_figures.metrics_cost,
+    "retention": retention_figures.retention_cost,
     "memory": memory,
     "memory-large": memory_large,
 }

@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from .. import __version__
 from ..config import CONFIG_ENV, load
 from ..errors import ConfigError, DispatchError
-from . import deliveries, local, shell, status, webhooks
+from . import deliveries, local, prune, shell, status, webhooks
 from .common import (
     DEBUG_ENV,
     EXIT_INTERNAL,
@@ -57,7 +57,8 @@ GROUPS: dict[str, str] = {
 #: Every command, in the order ``--help`` lists them.
 COMMANDS: tuple[Command, ...] = (
     *webhooks.COMMANDS[:1], *deliveries.COMMANDS[:1], *local.COMMANDS,
-    *webhooks.COMMANDS[1:], *deliveries.COMMANDS[1:], *status.COMMANDS, *shell.COMMANDS,
+    *webhooks.COMMANDS[1:], *deliveries.COMMANDS[1:], *status.COMMANDS, *prune.COMMANDS,
+    *shell.COMMANDS,
 )
 
 

@@ -7,7 +7,8 @@ watcher (webhook changes, replays ─▶ lanes, scheduler)
 Owns the lifecycle: named, supervised tasks; ``stop()`` as an event; the drain
 order (stop claiming → wait in-flight attempts up to the grace → cancel the
 rest → flush state); the reader's loop from outbox pages into the lane host;
-publishing the lowest outbox id still needed. It must not install signal
+publishing the lowest outbox id still needed; the retention task
+(``ops/retention.py``). It must not install signal
 handlers or close what it did not open: ``daemon.py`` owns the process.
 """
 
@@ -24,6 +25,7 @@ from ..clock import SYSTEM, Clock
 from ..config import Config
 from ..logs import get_logger
 from ..models import State
+from ..ops.retention import Retention
 from ..store.sqlite import Store
 from .host import LaneHost
 from .intake import plan_page
@@ -65,6 +67,7 @@ class Dispatcher:
                              self.tally)
         self.watcher = WebhookWatcher(store, self.host, self.scheduler, clock)
         self._reader: OutboxReader | None = None
+        self.retention = Retention(config, store, clock)
         #: Until-idle runs: the longest wait (seconds), who hears what is still awaited, and
         #: what was left when the wait ran out.
         self.max_wait: float | None = None
@@ -103,6 +106,7 @@ class Dispatcher:
                 asyncio.create_task(self.recorder.run(self._stopping), name="recorder"),
                 asyncio.create_task(self.watcher.run(self._stopping), name="webhook-watcher"),
                 asyncio.create_task(self._publish_needed(), name="outbox-needed"),
+                asyncio.create_task(self.retention.run(self._stopping), name="retention"),
                 asyncio.create_task(self._stopping.wait(), name="stop-signal"),
             }
             if until_idle:

@@ -183,6 +183,9 @@ class Store:
         self._state = state
         self._read = reader
         self._outbox = outbox
+        #: Opened on the first outbox prune (``retention.outbox``): a delete waiting for the
+        #: application's lock must not hold up the reads of the outbox connection.
+        self._outbox_writer: aiosqlite.Connection | None = None
         self._write_lock = asyncio.Lock()
         self._wait_on_storage = wait_on_storage
         #: While a write is refused by the storage (disk full, locked): why, for health checks.
@@ -232,13 +235,18 @@ class Store:
         return store
 
     async def close(self) -> None:
-        for db in (self._outbox, self._read, self._state):
+        for db in (self._outbox_writer, self._outbox, self._read, self._state):
+            if db is None:
+                continue
             with contextlib.suppress(Exception):
                 await db.close()
 
     async def migrate(self) -> int:
         """Create the outbox table and bring the state schema up to date; idempotent."""
         try:
+            # Asked before the first page of a new file is written (journal_mode = WAL writes
+            # it); an existing file keeps its mode until a VACUUM (version 5 runs one).
+            await self._state.execute_fetchall(Q["set_incremental_vacuum"])
             # WAL lets the daemon read while the application writes, never blocking its commits.
             for db in (self._outbox, self._state):
                 # Fetched to the end: a statement left open would hold a read lock.
@@ -252,6 +260,8 @@ class Store:
                         f"database.state: schema version {version} is newer than this "
                         f"nevent-dispatch understands ({SCHEMA_VERSION}); upgrade nevent-dispatch")
                 for n in range(version, SCHEMA_VERSION):
+                    if n + 1 == 5:
+                        await self._take_incremental_vacuum(new=version == 0)
                     # executescript commits on its own; the version bump rides in the same script.
                     await self._state.executescript(
                         f"BEGIN IMMEDIATE;\n{STATE_MIGRATIONS[n]}\nPRAGMA user_version = {n + 1};\n"
@@ -259,6 +269,27 @@ class Store:
         except sqlite3.Error as exc:
             raise StoreError(f"database: cannot initialise: {exc}") from None
         return SCHEMA_VERSION
+
+    async def _take_incremental_vacuum(self, *, new: bool) -> None:
+        """Version 5: the state file in incremental vacuum mode, through a VACUUM when it holds
+        tables already (see state_v5.sql); not when it is also the application's database
+        and not new, since the VACUUM would hold the application's write lock throughout."""
+        if int(await self._one(Q["auto_vacuum"], db=self._state)) == 2:
+            return
+        db = self.config.database
+        path = str(db.state)
+        with contextlib.suppress(OSError):
+            if not new and os.path.samefile(db.state, db.outbox):
+                log.warning("state_vacuum_skipped", file=path,
+                            reason="the state database is also the outbox database: pruned "
+                                   "pages are reused, not given back to the file system")
+                return
+        started = time.monotonic()
+        await self._state.execute_fetchall(Q["set_incremental_vacuum"])
+        await self._state.execute_fetchall(Q["vacuum"])
+        if not new:
+            log.info("state_vacuumed", file=path, auto_vacuum="incremental",
+                     seconds=round(time.monotonic() - started, 3))
 
     async def check_schema(self) -> None:
         """Refuse a state database whose schema this code does not read (commands other than
@@ -758,3 +789,116 @@ class Store:
         async def work(db: aiosqlite.Connection) -> None:
             return None
         await self._transact(work)
+
+    # -- retention: finished deliveries and handled outbox rows, in small transactions -------
+
+    async def newest_delivery_id(self) -> int:
+        """The highest delivery id (0: none yet). Retention never prunes that delivery, so
+        that ids, assigned after the highest one, are never given out twice."""
+        return int(await self._one(Q["max_delivery_id"]) or 0)
+
+    async def prunable_deliveries(self, state: State, after: int, below: int, cutoff: float,
+                                  limit: int) -> tuple[list[int], int, int]:
+        """Among the next ``limit`` deliveries in the finished ``state`` with ids between
+        ``after`` and ``below`` (both excluded), those last changed before ``cutoff``: their
+        ids, the last id looked at, and how many were looked at (fewer than ``limit``: the
+        end of the range)."""
+        rows = await self._read.execute_fetchall(Q["prunable_deliveries"], {
+            "state": state.value, "after": after, "below": below, "cutoff": cutoff,
+            "limit": limit})
+        ids, last, looked = next(iter(rows))
+        return orjson.loads(ids or "[]"), int(last or after), int(looked)
+
+    async def delivery_rows(self, ids: Sequence[int]) -> tuple[int, int]:
+        """How many attempts and batch contents rows these deliveries have (what pruning them
+        removes with them)."""
+        rows = await self._read.execute_fetchall(Q["delivery_rows_count"],
+                                                 {"ids": orjson.dumps(list(ids)).decode()})
+        attempts, batches = next(iter(rows))
+        return int(attempts), int(batches)
+
+    async def prune_deliveries(self, ids: Sequence[int], cutoff: float
+                               ) -> tuple[Pruned, float]:
+        """Delete the deliveries among ``ids`` that are finished and were last changed before
+        ``cutoff`` — checked again here: one replayed meanwhile stays — with their attempts
+        and batch contents, in one transaction. What went, and the seconds the transaction
+        held the write lock (from its first statement to its commit, which writes the pages)."""
+        params = {"ids": orjson.dumps(list(ids)).decode(), "cutoff": cutoff}
+        began: list[float] = []
+
+        async def work(db: aiosqlite.Connection) -> Pruned:
+            began[:] = [time.perf_counter()]
+            attempts = (await db.execute(Q["prune_attempts"], params)).rowcount
+            batches = (await db.execute(Q["prune_batch_contents"], params)).rowcount
+            deliveries = (await db.execute(Q["prune_deliveries"], params)).rowcount
+            return Pruned(deliveries, attempts, batches)
+        pruned = await self._transact(work)
+        return pruned, time.perf_counter() - began[0]
+
+    async def prunable_outbox(self, after: int, below: int, cutoff: float,
+                              limit: int) -> tuple[int, int, bool]:
+        """The outbox rows after ``after`` and below ``below`` created before ``cutoff``, in
+        id order up to the first that was not, among the next ``limit``: the last id of them
+        (``after`` if none), how many, and whether more may follow."""
+        rows = await self._outbox.execute_fetchall(Q["prunable_outbox"], {
+            "after": after, "below": below, "cutoff": cutoff, "limit": limit})
+        last, count = after, 0
+        for outbox_id, old in rows:
+            if not old:
+                return last, count, False
+            last, count = int(outbox_id), count + 1
+        return last, count, count == limit
+
+    async def prune_outbox(self, after: int, last: int, below: int, cutoff: float
+                           ) -> tuple[int, float]:
+        """Delete the outbox rows after ``after`` up to ``last``, below ``below`` and created
+        before ``cutoff``: one statement, its own transaction on the application's database
+        (the application's writes wait for it at most that long), on a connection of its
+        own. How many went, and the seconds it took."""
+        if self._outbox_writer is None:
+            self._outbox_writer = await _connect(self.config.database.outbox,
+                                                 self.config.database.busy_timeout)
+        started = time.perf_counter()
+        try:
+            cur = await self._outbox_writer.execute(Q["prune_outbox"], {
+                "after": after, "last": last, "below": below, "cutoff": cutoff})
+            count = cur.rowcount
+            await cur.close()
+        except sqlite3.Error as exc:
+            raise StoreError(f"database.outbox: cannot prune "
+                             f"{str(self.config.database.outbox)!r}: {exc}") from None
+        return count, time.perf_counter() - started
+
+    async def page_counts(self) -> tuple[int, int, int]:
+        """The state file's free pages, page size in bytes and pages (free ones included)."""
+        rows = await self._read.execute_fetchall(Q["page_counts"])
+        free, size, pages = next(iter(rows))
+        return int(free), int(size), int(pages)
+
+    async def release_pages(self, pages: int) -> tuple[int, float]:
+        """Give up to ``pages`` free pages of the state file back to the file system, in one
+        write transaction (a file not in incremental vacuum mode gives none back). The free
+        pages left, and the seconds it took.
+
+        The pragma frees one page per step, and the sqlite3 module steps a statement without
+        result columns only once: ``executescript`` steps it to the end. It commits the
+        (empty) transaction ``_transact`` began first, so the pragma is a transaction of its
+        own — still under the write lock, and retried like any write.
+        """
+        began: list[float] = []
+
+        async def work(db: aiosqlite.Connection) -> int:
+            began[:] = [time.perf_counter()]
+            await db.executescript(Q["release_pages"].format(pages=int(pages)))
+            rows = await db.execute_fetchall(Q["page_counts"])
+            return int(next(iter(rows))[0])
+        left = await self._transact(work)
+        return left, time.perf_counter() - began[0]
+
+
+class Pruned(NamedTuple):
+    """What one prune of deliveries removed (``Store.prune_deliveries``)."""
+
+    deliveries: int
+    attempts: int
+    batches: int

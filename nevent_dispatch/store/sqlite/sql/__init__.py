@@ -37,7 +37,7 @@ OUTBOX_SCHEMA: str = (_HERE / "outbox.sql").read_text(encoding="utf-8")
 
 #: State schema migrations: entry i takes ``PRAGMA user_version`` from i to i + 1.
 STATE_MIGRATIONS: tuple[str, ...] = tuple(
-    (_HERE / f"state_v{n}.sql").read_text(encoding="utf-8") for n in (1, 2, 3, 4)
+    (_HERE / f"state_v{n}.sql").read_text(encoding="utf-8") for n in (1, 2, 3, 4, 5)
 )
 
 #: The insert the application runs, as the outbox contract states it.

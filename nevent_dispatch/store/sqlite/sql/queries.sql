@@ -379,3 +379,73 @@ SELECT min(n) FROM (
 -- Active webhooks with deliveries still waiting in the database (until-idle runs wait for them).
 SELECT count(*) FROM webhooks w
 WHERE w.active = 1 AND EXISTS (SELECT 1 FROM deliveries d WHERE d.webhook_id = w.id AND d.state = 'pending');
+
+-- Retention (ops/retention.py): finished deliveries and handled outbox rows, pruned in small
+-- batches along an index. None of these statements changes a delivery's state: they delete
+-- only finished ones (delivered, failed, rejected), guarded again at the delete.
+
+-- name: prunable_deliveries
+-- The next deliveries of one (finished) state after an id and below another, along
+-- deliveries_state (unfinished rows are never walked): the ids of those last changed before a
+-- time (a JSON list), the last id looked at, and how many were looked at.
+SELECT json_group_array(id) FILTER (WHERE updated_at < :cutoff), max(id), count(*)
+FROM (SELECT id, updated_at FROM deliveries INDEXED BY deliveries_state
+      WHERE state = :state AND id > :after AND id < :below ORDER BY id LIMIT :limit);
+
+-- name: delivery_rows_count
+-- How many attempts and batch contents rows belong to some deliveries (a JSON list of ids):
+-- what pruning them removes with them (prune --dry-run).
+SELECT (SELECT count(*) FROM attempts WHERE delivery_id IN (SELECT value FROM json_each(:ids))),
+       (SELECT count(*) FROM batch_contents
+        WHERE delivery_id IN (SELECT value FROM json_each(:ids)));
+
+-- name: prune_attempts
+-- The attempts of the deliveries among some ids (a JSON list) that are finished and were last
+-- changed before a time (CROSS JOIN: the ids lead, one primary-key probe each).
+DELETE FROM attempts WHERE delivery_id IN (
+    SELECT d.id FROM json_each(:ids) AS j CROSS JOIN deliveries d ON d.id = j.value
+    WHERE d.state IN ('delivered', 'failed', 'rejected') AND d.updated_at < :cutoff);
+
+-- name: prune_batch_contents
+-- The events carried by the same deliveries, when they are batches.
+DELETE FROM batch_contents WHERE delivery_id IN (
+    SELECT d.id FROM json_each(:ids) AS j CROSS JOIN deliveries d ON d.id = j.value
+    WHERE d.state IN ('delivered', 'failed', 'rejected') AND d.updated_at < :cutoff);
+
+-- name: prune_deliveries
+-- The deliveries themselves (after their attempts and batch contents, in one transaction).
+DELETE FROM deliveries WHERE id IN (SELECT value FROM json_each(:ids))
+  AND state IN ('delivered', 'failed', 'rejected') AND updated_at < :cutoff;
+
+-- name: prunable_outbox
+-- The next outbox rows after an id and below the lowest one still needed, in id order, each
+-- with whether it was created before a time (retention stops at the first that was not).
+SELECT id, created < :cutoff FROM outbox WHERE id > :after AND id < :below ORDER BY id
+LIMIT :limit;
+
+-- name: prune_outbox
+-- Outbox rows of an id range (after, up to) below the lowest id still needed and created
+-- before a time: one range of the primary key.
+DELETE FROM outbox WHERE id > :after AND id <= :last AND id < :below AND created < :cutoff;
+
+-- name: page_counts
+-- The state file's free pages, page size and pages (free ones included).
+SELECT f.freelist_count, s.page_size, c.page_count
+FROM pragma_freelist_count() AS f, pragma_page_size() AS s, pragma_page_count() AS c;
+
+-- name: auto_vacuum
+-- The file's vacuum mode: 0 none, 1 full, 2 incremental.
+PRAGMA auto_vacuum;
+
+-- name: set_incremental_vacuum
+-- Ask for incremental vacuum: taken by a new file before its first table, or by the next VACUUM.
+PRAGMA auto_vacuum = INCREMENTAL;
+
+-- name: vacuum
+-- Rewrite the whole file (once, at the migration to version 5, to take the vacuum mode).
+VACUUM;
+
+-- name: release_pages
+-- Give up to this many free pages back to the file system (the file shrinks at the next
+-- checkpoint); pages is inlined as an integer (pragmas take no bound parameters).
+PRAGMA incremental_vacuum({pages});

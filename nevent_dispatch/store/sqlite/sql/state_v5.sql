@@ -1,0 +1,12 @@
+-- State schema version 5: retention, and a file that gives back the space it frees.
+
+-- Retention (ops/retention.py) deletes finished deliveries with their attempts and batch
+-- contents, found through the existing indexes (deliveries_state, attempts_delivery, the key
+-- of batch_contents); no table changes. So that the file shrinks instead of only filling with
+-- free pages, version 5 runs with PRAGMA auto_vacuum = INCREMENTAL, and retention releases
+-- free pages in small steps (PRAGMA incremental_vacuum). A new file takes the mode before its
+-- first table; an existing one only through a VACUUM, which cannot run inside this script's
+-- transaction: Store.migrate runs it just before this script, once, logging how long it took.
+-- It does not when the state database is also the application's database and holds tables
+-- already (the VACUUM would hold the application's write lock for as long as it rewrites the
+-- file): free pages are then reused by new rows, not released.
