@@ -95,8 +95,8 @@ def rows_pacer() -> Pacer:
 
 def outbox_pacer() -> Pacer:
     """Outbox rows per transaction: the application's own commits wait behind each, so
-    about 2 ms (at most 4) at a time, and four times as long for the application."""
-    return Pacer(500, low=50, high=2000, target_s=0.002, most_s=0.004, pause_factor=4.0)
+    about 3 ms (at most 5) at a time, and twice as long left to the application."""
+    return Pacer(500, low=50, high=2000, target_s=0.003, most_s=0.005, pause_factor=2.0)
 
 
 def pages_pacer() -> Pacer:

@@ -245,8 +245,11 @@ class Store:
         """Create the outbox table and bring the state schema up to date; idempotent."""
         try:
             # Asked before the first page of a new file is written (journal_mode = WAL writes
-            # it); an existing file keeps its mode until a VACUUM (version 5 runs one).
-            await self._state.execute_fetchall(Q["set_incremental_vacuum"])
+            # it); an existing file keeps its mode until a VACUUM (version 5 runs one). Only
+            # when not set yet: setting it again writes, and a daemon starting while another
+            # process holds the write lock must not wait here.
+            if int(await self._one(Q["auto_vacuum"], db=self._state)) != 2:
+                await self._state.execute_fetchall(Q["set_incremental_vacuum"])
             # WAL lets the daemon read while the application writes, never blocking its commits.
             for db in (self._outbox, self._state):
                 # Fetched to the end: a statement left open would hold a read lock.
