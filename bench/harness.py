@@ -141,6 +141,11 @@ class Bench:
         first, self._seq = self._seq, self._seq + count
         return first
 
+    def alternating(self) -> tuple[bool, bool]:
+        """(True, False) or (False, True), in turn: a figure measured beside its baseline in
+        one round runs the two in an order that alternates between rounds."""
+        return (True, False) if self.next_seq() % 2 else (False, True)
+
     def publish_now(self, outbox: Path, orgs: list[str]) -> float:
         """Publish one event per organization in one transaction; the commit's wall time."""
         conn = sqlite3.connect(outbox, timeout=5.0)

@@ -27,7 +27,7 @@ def metrics_cost(b: Bench) -> None:
     outbox = b.outbox("drain", n, WEBHOOKS)
     steady: dict[bool, float] = {}
     spawn: dict[bool, float] = {}
-    for on in ((True, False) if b.next_seq() % 2 else (False, True)):
+    for on in b.alternating():
         daemon, folder = b.start_daemon("metrics-on" if on else "metrics-off", layout, outbox, n,
                                         settings=None if on else OFF)
         daemon.watch(batch=False, timeout_s=b.timeout(n))

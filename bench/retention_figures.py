@@ -56,7 +56,7 @@ def retention_cost(b: Bench) -> None:
     #: Commits of each run: (seconds after the daemon's spawn, seconds the commit took).
     commits: dict[bool, list[tuple[float, float]]] = {}
     window: tuple[float, float] | None = None
-    for on in ((True, False) if b.next_seq() % 2 else (False, True)):
+    for on in b.alternating():
         spawned, timed, pruned = _run(b, on, layout, outbox, history, n)
         commits[on] = [(at - spawned, took) for at, took in timed]
         if on and pruned:

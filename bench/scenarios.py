@@ -388,7 +388,7 @@ def api_load(b: Bench) -> None:
     outbox = b.outbox("drain", n, WEBHOOKS)
     rates: dict[bool, float] = {}
     seen: dict[str, object] = {}
-    for loaded in ((True, False) if b.next_seq() % 2 else (False, True)):
+    for loaded in b.alternating():
         daemon, folder = b.start_daemon("api-load" if loaded else "api-quiet", layout, outbox,
                                         n, settings=API_SOCKET)
         client = _api_client(b, daemon, folder, [org_name(i) for i in range(WEBHOOKS)],
@@ -543,7 +543,7 @@ def changes(b: Bench) -> None:
                    f"{n:,} events → {WEBHOOKS} of them while one webhook changes every second, "
                    "after start-up", "deliveries/s", limit_label="the same with no changes",
                    target="≥ 0.95× no changes", check=lambda _value, ratio: ratio >= 0.95)
-    for changing in ((True, False) if b.next_seq() % 2 else (False, True)):
+    for changing in b.alternating():
         before = b.fast.counts()
         name = "changes-drain" if changing else "changes-quiet"
         daemon, folder = b.start_daemon(name, layout, outbox, n)

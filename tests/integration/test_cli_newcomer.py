@@ -107,15 +107,30 @@ def _webhook(folder: Path, *extra: str, org: str = "org_a", port: int = 9) -> st
     return str(orjson.loads(out)["id"])
 
 
+def _write(database: Path, statement: str, rows: list[tuple[Any, ...]] | None = None) -> None:
+    """One statement (for each of ``rows``) in one committed transaction, as another process
+    would write it."""
+    conn = sqlite3.connect(database)
+    try:
+        with conn:
+            if rows is None:
+                conn.execute(statement)
+            else:
+                conn.executemany(statement, rows)
+    finally:
+        conn.close()
+
+
+def _unreadable_events(folder: Path, count: int) -> None:
+    """``count`` outbox rows whose data is not JSON: each becomes a rejected delivery."""
+    _write(_config(folder).database.outbox,
+           "INSERT INTO outbox (type, organization_id, data) VALUES (?, ?, ?)",
+           [("fan.created", "org_a", "not json")] * count)
+
+
 def _rejected_history(folder: Path, count: int) -> None:
-    """``count`` rejected deliveries: outbox rows whose data is not JSON, taken in by a run
-    (no receiver needed)."""
-    config = _config(folder)
-    conn = sqlite3.connect(config.database.outbox)
-    with conn:
-        conn.executemany("INSERT INTO outbox (type, organization_id, data) VALUES (?, ?, ?)",
-                         [("fan.created", "org_a", "not json")] * count)
-    conn.close()
+    """``count`` rejected deliveries, taken in by a run (no receiver needed)."""
+    _unreadable_events(folder, count)
     ok(folder, "--config", "dev.toml", "run", "--until-idle")
 
 
@@ -245,12 +260,8 @@ def test_replay_says_when_nothing_was_requeued_and_when_no_daemon_runs(folder: P
 
 def store_fail(folder: Path) -> None:
     """End the pending retry as failed, as its last attempt would (the schedule's end)."""
-    config = _config(folder)
-    conn = sqlite3.connect(config.database.state)
-    with conn:
-        conn.execute("UPDATE deliveries SET state = 'failed', next_at = NULL "
-                     "WHERE state = 'pending'")
-    conn.close()
+    _write(_config(folder).database.state,
+           "UPDATE deliveries SET state = 'failed', next_at = NULL WHERE state = 'pending'")
 
 
 def test_run_until_idle_reports_what_it_waits_for(folder: Path) -> None:
@@ -302,12 +313,7 @@ def test_colour_on_a_terminal_none_in_a_pipe_or_with_no_color(folder: Path) -> N
 
 def test_daemon_logs_are_console_lines_on_a_terminal_and_json_in_a_pipe(folder: Path) -> None:
     c = ("--config", "dev.toml")
-    config = _config(folder)
-    conn = sqlite3.connect(config.database.outbox)
-    with conn:
-        conn.execute("INSERT INTO outbox (type, organization_id, data) VALUES "
-                     "('fan.created', 'org_a', 'nope')")
-    conn.close()
+    _unreadable_events(folder, 1)
     status, out = in_terminal(folder, *c, "run", "--until-idle")
     assert status == 0
     assert "event_rejected" in out and "\x1b[" in out and '{"' not in out
@@ -412,11 +418,8 @@ async def _dead_active_webhook(folder: Path) -> None:
         await registry.set_active(store, webhook.id, True, time.time())
     finally:
         await store.close()
-    conn = sqlite3.connect(config.database.outbox)
-    with conn:
-        conn.execute("INSERT INTO outbox (type, organization_id, data) VALUES "
-                     "('fan.created', 'org_demo', '{}')")
-    conn.close()
+    _write(config.database.outbox, "INSERT INTO outbox (type, organization_id, data) VALUES "
+           "('fan.created', 'org_demo', '{}')")
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
